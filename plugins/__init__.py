@@ -1,0 +1,1 @@
+"""Built-in robustproto plugins, registered only through entry points."""

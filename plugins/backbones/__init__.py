@@ -1,0 +1,1 @@
+"""Built-in backbones, registered with timm (entry-point group robustproto.backbones)."""

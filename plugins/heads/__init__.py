@@ -1,0 +1,1 @@
+"""Built-in heads (entry-point group robustproto.heads)."""

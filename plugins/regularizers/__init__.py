@@ -1,0 +1,1 @@
+"""Built-in regularizers (entry-point group robustproto.regularizers)."""

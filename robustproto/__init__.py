@@ -1,0 +1,37 @@
+"""robustproto: prototype heads and Lipschitz-type training for any timm backbone.
+
+The core knows no concrete head or regularizer: they are plugins found through the
+entry-point groups ``robustproto.heads``, ``robustproto.regularizers`` and
+``robustproto.backbones`` (see :mod:`robustproto.registry`).
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from .head import Head, affine_margin, squared_euclidean
+from .model import Normalize, ProtoModel, create_backbone, create_head, create_regularizer, wrap
+from .registry import PluginError, list_plugins, load_backbones, refresh_plugins
+from .regularizer import Regularizer, StepContext
+
+try:
+    __version__ = _version("robustproto")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Head",
+    "Normalize",
+    "PluginError",
+    "ProtoModel",
+    "Regularizer",
+    "StepContext",
+    "__version__",
+    "affine_margin",
+    "create_backbone",
+    "create_head",
+    "create_regularizer",
+    "list_plugins",
+    "load_backbones",
+    "refresh_plugins",
+    "squared_euclidean",
+    "wrap",
+]

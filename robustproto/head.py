@@ -1,0 +1,107 @@
+"""The contract of a classification head, and the distance helpers prototype heads share."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["Head", "squared_euclidean", "affine_margin"]
+
+
+class Head(nn.Module):
+    """Base class of every head plugin (entry-point group ``robustproto.heads``).
+
+    A head turns embeddings ``z`` of shape ``(B, embed_dim)`` into class scores.
+    To add one, subclass it in your own package and register the class::
+
+        [project.entry-points."robustproto.heads"]
+        myhead = "my_package.heads:MyHead"
+
+    Required:
+
+    - ``__init__(self, embed_dim: int, num_classes: int, **options)``: ``options``
+      come from ``--head-opt key=value`` (strings are parsed as Python literals by
+      the CLI) or ``head_options=`` of :func:`robustproto.wrap`. Reject unknown
+      options with a ``TypeError`` naming them (a plain keyword signature does).
+    - ``forward(z) -> (B, num_classes)`` scores whose argmax is the prediction.
+      Prototype heads return negative distances, computed in float32 even under
+      autocast (use :func:`squared_euclidean`).
+    - ``loss(z, scores, y) -> scalar``: the training loss of a batch (mean over it).
+
+    Optional (the core checks for them with ``hasattr``-style overrides):
+
+    - ``init_from_data(z, y)``: called once before training with embeddings of a
+      first pass over (a subset of) the training data, e.g. class means, k-means
+      or SVD tangents. Must cope with a class that has no sample (keep its init).
+    - ``after_step()``: called after every optimiser step (under ``torch.no_grad``),
+      e.g. to renormalise a metric or orthonormalise tangents.
+    - ``margin(z) -> (B,)``: a certified lower bound of the L2 distance, in
+      embedding space, from each ``z`` to the decision boundary of the predicted
+      class (used by ``robustproto certify``). Return 0 where the bound is unknown.
+    - ``preferred_embed_dim(num_classes, **options) -> int | None`` (classmethod):
+      the embedding size the head wants when the user gives none (a linear neck is
+      then added); ``None`` keeps the backbone's feature size.
+
+    Numerics: no NaN on zero distances, duplicate prototypes or a class missing
+    from a batch.
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int):
+        super().__init__()
+        self.embed_dim = int(embed_dim)
+        self.num_classes = int(num_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(z)")
+
+    def loss(self, z: torch.Tensor, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} must implement loss(z, scores, y)")
+
+    @classmethod
+    def preferred_embed_dim(cls, num_classes: int, **options) -> int | None:
+        return None
+
+    def init_from_data(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        """Data-dependent initialisation; the default does nothing."""
+
+    def after_step(self) -> None:
+        """Projection after an optimiser step; the default does nothing."""
+
+    def margin(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            f"head '{type(self).__name__}' gives no certified margin; certify a model with a head that "
+            "implements margin(z) (linear, glvq, gmlvq, repulsive with metric=l2)"
+        )
+
+    @property
+    def has_margin(self) -> bool:
+        return type(self).margin is not Head.margin
+
+
+def squared_euclidean(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``(B, P)`` between rows of ``z`` (B, D) and ``w`` (P, D).
+
+    Computed as ``‖z‖² − 2 z·w + ‖w‖²`` in float32 with autocast off (a B×P×D
+    broadcast is two orders of magnitude slower), clamped at 0 so rounding never
+    gives a negative distance (whose square root would be NaN).
+    """
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = z.float()
+        w = w.float()
+        d = (z * z).sum(1, keepdim=True) - 2.0 * z @ w.t() + (w * w).sum(1).unsqueeze(0)
+    return d.clamp_min(0.0)
+
+
+def affine_margin(g: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+    """Distance to the zero set of an affine function: ``g / ‖∇g‖`` with ``0/0 = 0``.
+
+    ``g`` (B, M) are the values at ``z`` of affine functions that are positive while
+    the prediction holds; ``grad_norm`` (B, M) or (M,) the norms of their gradients.
+    The minimum over the M functions is returned, ``inf`` where no function
+    constrains (``‖∇g‖ = 0`` and ``g > 0``).
+    """
+    grad_norm = grad_norm.expand_as(g)
+    safe = grad_norm > 0
+    ratio = torch.where(safe, g.clamp_min(0.0) / grad_norm.clamp_min(1e-30), torch.full_like(g, float("inf")))
+    ratio = torch.where(~safe & (g <= 0), torch.zeros_like(g), ratio)
+    return ratio.min(dim=1).values
