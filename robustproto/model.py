@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .head import Head
-from .registry import PluginError, head_registry, load_backbones, regularizer_registry
+from .registry import PluginError, backbone_registry, head_registry, load_backbones, regularizer_registry
 from .regularizer import Regularizer
 
 __all__ = ["Normalize", "ProtoModel", "wrap", "create_backbone", "create_head", "create_regularizer"]
@@ -80,9 +80,11 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, num_classes=0, **kwargs)`` after loading the backbone plugins."""
     load_backbones()
     if not timm.is_model(name):
+        broken = [info["error"] for info in backbone_registry.describe().values() if info["error"]]
+        hint = f"; backbone plugins that failed to load: {' | '.join(broken)}" if broken else ""
         raise PluginError(
             f"unknown backbone '{name}': not a timm model (see `timm.list_models()`), "
-            "nor one registered by a robustproto.backbones plugin"
+            f"nor one registered by a robustproto.backbones plugin{hint}"
         )
     try:
         return timm.create_model(name, num_classes=0, **kwargs)
