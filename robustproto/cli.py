@@ -58,6 +58,64 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
 # Commands of later modules register themselves here, one line each.
 
 
+@app.command()
+def train(
+    config: str = typer.Option(None, "--config", help="Recipe TOML; every option below has the same key there."),
+    backbone: str = typer.Option(None, help="timm model name (or one a backbone plugin registers). [resnet18]"),
+    backbone_opt: list[str] = typer.Option(None, "--backbone-opt", help="key=value for timm.create_model."),
+    head: str = typer.Option(None, help="Head plugin (`robustproto plugins`). [linear]"),
+    head_opt: list[str] = typer.Option(None, "--head-opt", help="key=value head option (repeatable)."),
+    reg: list[str] = typer.Option(None, "--reg", help="NAME[:key=value,...] regularizer (repeatable); none."),
+    embed_dim: int = typer.Option(None, help="Embedding size (a linear neck maps the features to it)."),
+    pretrained_weights: str = typer.Option(None, help="Local .safetensors/.pth state dict of the timm backbone."),
+    mean: str = typer.Option(None, help="Per-channel mean, e.g. 0.5,0.5,0.5 [the backbone's]."),
+    std: str = typer.Option(None, help="Per-channel std [the backbone's]."),
+    dataset: str = typer.Option(None, help="mnist-small (bundled), mnist, fashion-mnist, cifar10, cifar100, "
+                                           "imagefolder. [mnist-small]"),
+    data_dir: str = typer.Option(None, help="Folder that holds the dataset."),
+    download: bool = typer.Option(None, "--download/--no-download", help="Let torchvision download it."),
+    img_size: int = typer.Option(None, help="Resize images to N×N."),
+    max_train_samples: int = typer.Option(None, help="Train on a fixed subset of N samples."),
+    max_test_samples: int = typer.Option(None, help="Test on a fixed subset of N samples."),
+    workers: int = typer.Option(None, help="DataLoader worker processes. [0]"),
+    epochs: int = typer.Option(None, help="[5]"),
+    batch_size: int = typer.Option(None, help="Per process. [64]"),
+    optimizer: str = typer.Option(None, help="timm optimizer name. [adam]"),
+    lr: float = typer.Option(None, help="[0.001]"),
+    weight_decay: float = typer.Option(None, help="[0]"),
+    sched: str = typer.Option(None, help="timm scheduler: cosine, tanh, step, multistep, poly, constant, none. "
+                                         "[cosine]"),
+    warmup_epochs: int = typer.Option(None, help="[0]"),
+    freeze_backbone_epochs: int = typer.Option(None, help="Train only neck and head for the first N epochs. [0]"),
+    init_samples: int = typer.Option(None, help="Training samples the head's init_from_data sees. [2048]"),
+    mixed_precision: str = typer.Option(None, help="no, fp16 or bf16. [no]"),
+    seed: int = typer.Option(None, help="[0]"),
+    output: str = typer.Option(None, help="Run folder. [runs/latest; with --resume: that folder]"),
+    resume: str = typer.Option(None, help="Continue the run in this folder from its last saved state."),
+) -> None:
+    """Train a timm backbone with a head (and regularizers); writes model.safetensors, config.json, metrics.jsonl."""
+    overrides = {key: value for key, value in locals().items() if key != "config"}  # the options, nothing else yet
+    from .checkpoint import load_run_config
+    from .config import load_recipe, resolve_config
+
+    layers = []
+    if resume:
+        layers.append(load_run_config(resume))
+        overrides["output"] = output or resume
+    if config:
+        layers.append(load_recipe(config))
+    cfg = resolve_config(*layers, overrides)
+
+    from .train import NonFiniteLossError, train as run_training
+
+    try:
+        run_training(cfg)
+    except NonFiniteLossError as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 def main() -> None:
     """Entry point: run the app (click handles usage errors), turning expected errors into one line, exit 2."""
     try:

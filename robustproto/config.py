@@ -21,10 +21,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .data import DATASETS
-
 __all__ = ["TrainConfig", "load_recipe", "parse_options", "parse_reg", "resolve_config"]
 
+DATASETS = ("mnist-small", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # timm schedulers that are a function of the epoch alone (resume rebuilds them and steps to the epoch)
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")

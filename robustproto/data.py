@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from .config import DATASETS
+
 __all__ = ["DATASETS", "ImageData", "LightAugment", "EpochShuffleSampler", "load_split", "subset_indices"]
 
-DATASETS = ("mnist-small", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 _BUNDLED = Path(__file__).with_name("data") / "mnist_small.npz"
 _IMAGEFOLDER_CACHE_BYTES = 1 << 30  # decode an image folder once into memory when it fits in 1 GiB
 _IMAGEFOLDER_DEFAULT_SIZE = 224

@@ -18,3 +18,103 @@ def mnist_like():
     x = torch.rand(32, 1, 28, 28, generator=g)
     y = torch.arange(32) % 10
     return x, y
+
+
+# A third-party plugin distribution for the training tests: a tiny head with observable hooks and a
+# probe regularizer. It is installed the way pip would (a dist-info folder on sys.path), so
+# subprocesses (torchrun) find it through PYTHONPATH too.
+TESTKIT = '''
+import os
+import signal
+
+import torch
+import torch.nn.functional as F
+
+import robustproto
+
+
+class TinyHead(robustproto.Head):
+    """A linear head with cross-entropy; init_from_data puts class means in its weights, after_step counts."""
+
+    def __init__(self, embed_dim, num_classes):
+        super().__init__(embed_dim, num_classes)
+        self.weight = torch.nn.Parameter(torch.zeros(num_classes, embed_dim))
+        self.bias = torch.nn.Parameter(torch.zeros(num_classes))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("init_count", torch.zeros((), dtype=torch.long))
+
+    def forward(self, z):
+        return z @ self.weight.t() + self.bias
+
+    def loss(self, z, scores, y):
+        return F.cross_entropy(scores.float(), y)
+
+    def init_from_data(self, z, y):
+        for k in range(self.num_classes):
+            if (y == k).any():
+                self.weight.data[k] = z[y == k].mean(0) * 0.01
+        self.init_count += 1
+
+    def after_step(self):
+        self.steps += 1
+
+
+class ProbeReg(robustproto.Regularizer):
+    """weight * mean squared distance between the embeddings of x and of x flipped left-right.
+
+    nan_at_step / interrupt_at_step inject a NaN penalty or a SIGINT at that (0-based) global step.
+    """
+
+    def __init__(self, weight=1.0, nan_at_step=-1, interrupt_at_step=-1, input_grad=False):
+        super().__init__()
+        self.weight = weight
+        self.nan_at_step = nan_at_step
+        self.interrupt_at_step = interrupt_at_step
+        self.needs_input_grad = input_grad
+        self.calls = 0
+        self.seen = []
+
+    def extra_inputs(self, x):
+        return x.flip(-1)
+
+    def penalty(self, ctx):
+        self.calls += 1
+        self.seen.append((tuple(ctx.extra_z.shape), tuple(ctx.z.shape), ctx.x.requires_grad))
+        if ctx.step == self.interrupt_at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+        value = self.weight * (ctx.z.float() - ctx.extra_z.float()).pow(2).sum(1).mean()
+        if ctx.step == self.nan_at_step:
+            value = value * float("nan")
+        return value
+
+    def metrics(self):
+        return {"calls": self.calls}
+'''
+
+
+@pytest.fixture(scope="session")
+def testkit(tmp_path_factory):
+    """Installs the ``robustproto-testkit`` distribution (head ``tiny``, regularizer ``probe``); yields its folder."""
+    import os
+    import sys
+
+    import robustproto
+
+    root = tmp_path_factory.mktemp("testkit")
+    (root / "rp_testkit.py").write_text(TESTKIT)
+    info = root / "robustproto_testkit-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: robustproto-testkit\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[robustproto.heads]\ntiny = rp_testkit:TinyHead\n\n[robustproto.regularizers]\nprobe = rp_testkit:ProbeReg\n")
+    sys.path.insert(0, str(root))
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), old]))
+    robustproto.refresh_plugins()
+    yield root
+    sys.path.remove(str(root))
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
+    robustproto.refresh_plugins()

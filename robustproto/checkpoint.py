@@ -1,0 +1,249 @@
+"""What a training run leaves in its output folder, written atomically, and :func:`load`.
+
+``OUT/model.safetensors``  weights of the ProtoModel; metadata: ``config`` (resolved TrainConfig
+                           JSON), ``spec`` (what :func:`robustproto.wrap` needs), ``plugins``
+                           (which distribution provided the head and backbone), ``robustproto_version``
+``OUT/config.json``        the resolved TrainConfig
+``OUT/metrics.jsonl``      one JSON object per completed epoch
+``OUT/state/``             Accelerate ``save_state`` (weights, optimizer, RNG, scaler) plus
+                           ``progress.json``: what ``--resume OUT`` continues from
+
+Every file is written to a temporary name and moved into place with ``os.replace``, so a crash
+never leaves a half-written file; the state folder is swapped in the same spirit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+
+if TYPE_CHECKING:
+    from .model import ProtoModel
+
+__all__ = ["load", "save_model", "read_metadata", "write_json", "append_jsonl", "read_jsonl", "load_run_config",
+           "state_dir", "weights_sha256"]
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+STATE_DIR = "state"
+PROGRESS_FILE = "progress.json"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then move the result onto ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    _atomic_write(path, write)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, records: Iterable[dict], keep: list[dict] | None = None) -> None:
+    """Rewrite ``path`` atomically as ``keep`` (default: its current lines) followed by ``records``."""
+    lines = [json.dumps(r, sort_keys=True) for r in (read_jsonl(path) if keep is None else keep)]
+    lines += [json.dumps(r, sort_keys=True) for r in records]
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text("".join(line + "\n" for line in lines))
+
+    _atomic_write(path, write)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer (names and bytes): equal hashes mean identical weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plugin_sources(spec: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """Which distribution registered the head and the backbone, so :func:`load` can say what to install."""
+    from .registry import head_registry
+
+    out: dict[str, dict[str, str | None]] = {}
+    heads = head_registry.describe()
+    out["head"] = {"name": spec["head"], "source": heads.get(spec["head"], {}).get("source")}
+    backbone_source = None
+    try:
+        import importlib.metadata as metadata
+
+        import timm
+
+        module = timm.models.model_entrypoint(spec["backbone"]).__module__
+        for ep in metadata.entry_points(group="robustproto.backbones"):
+            if ep.value == module and ep.dist is not None:
+                backbone_source = f"{ep.dist.metadata['Name']} {ep.dist.version}"
+    except Exception:  # provenance only improves error messages; never fail a save over it
+        pass
+    out["backbone"] = {"name": spec["backbone"], "source": backbone_source or "timm"}
+    return out
+
+
+def save_model(model: "ProtoModel", path: Path, config: dict[str, Any] | None = None) -> None:
+    """Write the model's weights to ``path`` (safetensors) with the metadata :func:`load` rebuilds it from."""
+    from safetensors.torch import save_model as _save
+    from . import __version__
+
+    metadata = {
+        "format": "robustproto",
+        "robustproto_version": __version__,
+        "spec": json.dumps(model.spec, sort_keys=True),
+        "plugins": json.dumps(_plugin_sources(model.spec), sort_keys=True),
+        "config": json.dumps(config or {}, sort_keys=True),
+    }
+    _atomic_write(Path(path), lambda tmp: _save(model, tmp, metadata=metadata))
+
+
+def _model_file(path: str | Path) -> Path:
+    path = Path(path)
+    file = path / MODEL_FILE if path.is_dir() or path.suffix != ".safetensors" else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no model checkpoint at {file}: pass the output folder of `robustproto train` "
+                                f"(it holds {MODEL_FILE})")
+    return file
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a robustproto checkpoint (``spec``, ``config``, ``plugins`` parsed from JSON)."""
+    from safetensors import safe_open
+
+    file = _model_file(path)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {file}: it is corrupt or not a safetensors file "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                         "train again or restore it from a backup") from None
+    if raw.get("format") != "robustproto" or "spec" not in raw:
+        raise ValueError(f"{file} is a safetensors file but not a robustproto checkpoint (no model spec in its "
+                         "metadata); load plain weights with safetensors.torch.load_file")
+    meta: dict[str, Any] = dict(raw)
+    for key in ("spec", "config", "plugins"):
+        meta[key] = json.loads(raw.get(key) or "{}")
+    return meta
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> "ProtoModel":
+    """Rebuild a trained model from ``OUT`` (or ``OUT/model.safetensors``), in eval mode on ``device``.
+
+    Plugins are looked up by name; a missing one raises :class:`robustproto.PluginError` that
+    names the distribution that provided it when the model was saved.
+    """
+    from safetensors.torch import load_model
+
+    from .model import wrap
+    from .registry import PluginError
+
+    file = _model_file(path)
+    meta = read_metadata(file)
+    spec = dict(meta["spec"])
+    try:
+        model = wrap(spec.pop("backbone"), head=spec.pop("head"), num_classes=spec.pop("num_classes"),
+                     embed_dim=spec.pop("embed_dim"), head_options=spec.pop("head_options"),
+                     mean=spec.pop("mean"), std=spec.pop("std"), **spec.pop("backbone_kwargs"))
+    except PluginError as exc:
+        sources = meta["plugins"]
+        hint = "; ".join(f"its {kind} '{info['name']}' came from {info['source']}"
+                         for kind, info in sources.items() if info.get("source"))
+        raise PluginError(f"cannot rebuild {file}: {exc}. {hint} (pip install that distribution)") from None
+    try:
+        load_model(model, str(file), strict=True)
+    except Exception as exc:
+        raise ValueError(f"cannot load the weights of {file}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}; the file is corrupt or was written by "
+                         "an incompatible version of a plugin") from None
+    return model.to(device).eval()
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved config of a previous run (``OUT/config.json``), for ``--resume``."""
+    file = Path(run_dir) / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: {CONFIG_FILE} is missing (pass the --output "
+                                "folder of an earlier `robustproto train`)")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file} is not valid JSON ({exc}); the run folder is damaged") from None
+
+
+def state_dir(run_dir: str | Path) -> Path | None:
+    """The latest complete Accelerate state of a run, or ``None``.
+
+    ``state.old`` is the previous state, left only if a crash came between the two renames of a swap.
+    """
+    for name in (STATE_DIR, STATE_DIR + ".old"):
+        candidate = Path(run_dir) / name
+        if (candidate / PROGRESS_FILE).is_file():
+            return candidate
+    return None
+
+
+def save_state(accelerator, run_dir: Path, progress: dict[str, Any]) -> Path:
+    """Accelerate ``save_state`` into ``run_dir/state`` (via a temporary folder swapped in); every process calls it."""
+    run_dir = Path(run_dir)
+    final, tmp, old = run_dir / STATE_DIR, run_dir / (STATE_DIR + ".tmp"), run_dir / (STATE_DIR + ".old")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / PROGRESS_FILE, progress)
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old.exists():
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_state(accelerator, run_dir: Path) -> dict[str, Any]:
+    """Restore the latest state of ``run_dir`` into the prepared objects; returns its progress record."""
+    found = state_dir(run_dir)
+    if found is None:
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: no complete training state ({STATE_DIR}/) — the "
+                                "run stopped before its first epoch ended; start it again without --resume")
+    try:
+        accelerator.load_state(str(found))
+    except Exception as exc:
+        raise ValueError(f"cannot restore the training state in {found}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}; the state is corrupt or from a different "
+                         "model/optimizer configuration") from None
+    return json.loads((found / PROGRESS_FILE).read_text())
