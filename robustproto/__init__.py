@@ -7,10 +7,13 @@ entry-point groups ``robustproto.heads``, ``robustproto.regularizers`` and
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .checkpoint import load
+from .config import TrainConfig
 from .head import Head, affine_margin, squared_euclidean
 from .model import Normalize, ProtoModel, create_backbone, create_head, create_regularizer, wrap
 from .registry import PluginError, list_plugins, load_backbones, refresh_plugins
 from .regularizer import Regularizer, StepContext
+from .train import train  # Accelerate is imported only when a run starts
 
 try:
     __version__ = _version("robustproto")
@@ -24,14 +27,17 @@ __all__ = [
     "ProtoModel",
     "Regularizer",
     "StepContext",
+    "TrainConfig",
     "__version__",
     "affine_margin",
     "create_backbone",
     "create_head",
     "create_regularizer",
     "list_plugins",
+    "load",
     "load_backbones",
     "refresh_plugins",
     "squared_euclidean",
+    "train",
     "wrap",
 ]
