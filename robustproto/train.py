@@ -287,7 +287,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     # Accelerate only forms a CPU process group (gloo) when told it runs on CPU, e.g. under torchrun
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu)
-    console = Console(quiet=not accelerator.is_main_process, highlight=False)
+    console = Console(quiet=not accelerator.is_main_process, highlight=False, soft_wrap=True)
     out = Path(cfg.output)
     set_seed(cfg.seed)
 
@@ -349,7 +349,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     test_acc = history[-1]["test_acc"] if history else float("nan")
     with stop.installed(), _progress(console, show_bar) as bar:
         for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch)
             frozen = epoch < cfg.freeze_backbone_epochs
             step_module.train()
             if frozen:
@@ -358,6 +357,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                                     **{f"reg/{n}": 0.0 for n in regs}})
             batches_done, partial = skip_batches, None
             loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+            loader.set_epoch(epoch)  # Accelerate's loaders pass their own epoch count on to our sampler
             skip_batches = 0
             task = bar.add_task("train", total=len(train_loader), completed=batches_done, epoch=epoch + 1,
                                 ips=0.0, loss=float("nan"), acc=0.0)

@@ -72,14 +72,16 @@ class ProbeReg(robustproto.Regularizer):
         self.interrupt_at_step = interrupt_at_step
         self.needs_input_grad = input_grad
         self.calls = 0
-        self.seen = []
+        self.shape_ok = 0
+        self.input_grad = 0
 
     def extra_inputs(self, x):
         return x.flip(-1)
 
     def penalty(self, ctx):
         self.calls += 1
-        self.seen.append((tuple(ctx.extra_z.shape), tuple(ctx.z.shape), ctx.x.requires_grad))
+        self.shape_ok += int(ctx.extra_z.shape == ctx.z.shape)
+        self.input_grad += int(ctx.x.requires_grad)
         if ctx.step == self.interrupt_at_step:
             os.kill(os.getpid(), signal.SIGINT)
         value = self.weight * (ctx.z.float() - ctx.extra_z.float()).pow(2).sum(1).mean()
@@ -88,7 +90,8 @@ class ProbeReg(robustproto.Regularizer):
         return value
 
     def metrics(self):
-        return {"calls": self.calls}
+        return {"calls": self.calls, "shape_ok": self.shape_ok / max(self.calls, 1),
+                "input_grad": self.input_grad / max(self.calls, 1)}
 '''
 
 

@@ -1,0 +1,97 @@
+"""Datasets: images in [0, 1], fixed subsets, resizing, augmentation only for training, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robustproto.data import EpochShuffleSampler, LightAugment, load_split
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_bundled_mnist_subset_is_the_offline_default():
+    train, test = load_split("mnist-small", "train"), load_split("mnist-small", "test")
+    assert (len(train), len(test)) == (5000, 1000)
+    x, y = train[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0.0 <= x.min() and x.max() == 1.0
+    assert train.num_classes == 10 and train.in_chans == 1 and train.augment is None
+    assert set(train.labels.tolist()) == set(range(10))
+
+
+@pytest.mark.skipif(not (SHARED_MNIST / "MNIST" / "raw").is_dir(), reason="shared MNIST not present")
+def test_bundled_subset_is_the_first_images_of_mnist():
+    full = load_split("mnist", "test", data_dir=str(SHARED_MNIST))
+    small = load_split("mnist-small", "test")
+    assert len(full) == 10_000
+    assert torch.equal(full.images[:1000], small.images) and torch.equal(full.labels[:1000], small.labels)
+
+
+def test_max_samples_is_a_fixed_class_mixed_subset():
+    a = load_split("mnist-small", "train", max_samples=100)
+    b = load_split("mnist-small", "train", max_samples=100)
+    assert len(a) == 100 and torch.equal(a.images, b.images)
+    assert len(set(a.labels.tolist())) == 10
+
+
+def test_img_size_resizes_every_split():
+    data = load_split("mnist-small", "test", img_size=32, max_samples=8)
+    assert data[0][0].shape == (1, 32, 32) and data.img_size == (32, 32)
+
+
+def test_missing_dataset_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_split("cifar10", "train", data_dir=str(tmp_path))
+    message = str(err.value)
+    assert "--data-dir" in message and "--download" in message and "\n" not in message
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        load_split("mnist", "train")
+
+
+def _write_folder(root: Path, split: str, classes: list[str], per_class: int = 3, size: int = 40) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / split / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+
+
+def test_imagefolder_train_and_val(tmp_path):
+    _write_folder(tmp_path, "train", ["cat", "dog"])
+    _write_folder(tmp_path, "val", ["cat", "dog"], per_class=2)
+    train = load_split("imagefolder", "train", data_dir=str(tmp_path), img_size=32)
+    test = load_split("imagefolder", "test", data_dir=str(tmp_path), img_size=32)
+    assert (len(train), len(test)) == (6, 4)
+    assert train.classes == ["cat", "dog"] and train[0][0].shape == (3, 32, 32)
+    assert isinstance(train.augment, LightAugment) and test.augment is None
+    assert sorted(test.labels.tolist()) == [0, 0, 1, 1]
+
+
+def test_imagefolder_with_different_classes_is_an_error(tmp_path):
+    _write_folder(tmp_path, "train", ["cat", "dog"])
+    _write_folder(tmp_path, "test", ["cat", "cow"])
+    with pytest.raises(ValueError, match="classes"):
+        load_split("imagefolder", "test", data_dir=str(tmp_path), img_size=16)
+
+
+def test_light_augment_keeps_shape_and_content_is_a_shifted_copy():
+    img = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(3, 8, 8)
+    out = LightAugment(pad=2, flip=False)(img)
+    assert out.shape == img.shape
+    # every non-padding pixel comes from the image, in order
+    nz = out[out > 0]
+    assert torch.isin(nz, img).all()
+
+
+def test_shuffle_depends_only_on_seed_and_epoch():
+    s1, s2 = EpochShuffleSampler(50, seed=3), EpochShuffleSampler(50, seed=3)
+    s1.set_epoch(2)
+    s2.set_epoch(2)
+    assert list(s1) == list(s2) and sorted(s1) == list(range(50))
+    s2.set_epoch(3)
+    assert list(s1) != list(s2)

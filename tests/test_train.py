@@ -1,0 +1,188 @@
+"""The training loop: multi-process equality, pretrained wrapping, exact resume, hooks, failures.
+
+All runs use timm's ``test_resnet`` on a few hundred bundled MNIST images and the ``robustproto-testkit``
+plugins of conftest (head ``tiny`` with observable hooks, regularizer ``probe``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from torch.utils.data import DataLoader
+
+import robustproto
+from robustproto.checkpoint import read_jsonl, weights_sha256
+from robustproto.config import resolve_config
+from robustproto.data import load_split
+from robustproto.train import NonFiniteLossError, _TrainStep, build_model, train
+
+TRAIN, TEST, BATCH = 256, 67, 16  # 16 steps per epoch; an odd test size checks gather_for_metrics' de-duplication
+
+
+def tiny(tmp_path, name="run", **overrides):
+    layer = {"backbone": "test_resnet", "head": "tiny", "max_train_samples": TRAIN, "max_test_samples": TEST,
+             "batch_size": BATCH, "epochs": 2, "lr": 0.01, "output": str(tmp_path / name)}
+    layer.update(overrides)
+    return resolve_config(layer)
+
+
+def accuracy(model, split="test", n=TEST):
+    data = load_split("mnist-small", split, max_samples=n)
+    with torch.no_grad():
+        pred = torch.cat([model(x).argmax(1) for x, _ in DataLoader(data, batch_size=50)])
+    return int((pred == data.labels).sum()) / len(data)
+
+
+def test_torchrun_two_processes_agree_and_report_the_exact_test_accuracy(testkit, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "robustproto", "train",
+           "--backbone", "test_resnet", "--head", "tiny", "--reg", "probe:weight=0.01", "--max-train-samples",
+           str(TRAIN), "--max-test-samples", str(TEST), "--batch-size", "8", "--epochs", "2", "--lr", "0.01",
+           "--output", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout and result.stdout.count("test accuracy:") == 1  # only rank 0 prints
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert len(record["weights_sha256"]) == 2 and len(set(record["weights_sha256"])) == 1
+    model = robustproto.load(out)
+    assert weights_sha256(model) == records[-1]["weights_sha256"][0]
+    assert records[-1]["test_acc"] == pytest.approx(accuracy(model), abs=1e-12)
+    assert records[-1]["test_acc"] > 0.3  # it learned something, so the equality is not a trivial 10 %
+
+
+def test_pretrained_weights_give_the_original_embeddings(testkit, tmp_path):
+    from safetensors.torch import save_file
+
+    original = timm.create_model("test_resnet", num_classes=10, in_chans=1).eval()
+    file = tmp_path / "backbone.safetensors"
+    save_file(original.state_dict(), str(file))  # with its classifier, as timm checkpoints come
+    torch.save(original.state_dict(), tmp_path / "backbone.pth")
+    data = load_split("mnist-small", "train", max_samples=8)
+    x = torch.stack([data[i][0] for i in range(8)])
+    with torch.no_grad():
+        expected = original.forward_head(original.forward_features(x), pre_logits=True)
+    for path in (file, tmp_path / "backbone.pth"):
+        model = build_model(tiny(tmp_path, pretrained_weights=str(path)), data).eval()
+        with torch.no_grad():
+            assert torch.allclose(model.backbone(x), expected, atol=1e-6)
+    fresh = build_model(tiny(tmp_path), data).eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh.backbone(x), expected, atol=1e-3)
+
+
+def test_pretrained_weights_of_another_architecture_are_rejected(testkit, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(tmp_path / "other.safetensors"))
+    data = load_split("mnist-small", "train", max_samples=8)
+    with pytest.raises(ValueError, match="pretrained_weights: .*does not fit"):
+        build_model(tiny(tmp_path, pretrained_weights=str(tmp_path / "other.safetensors")), data)
+
+
+def test_resume_after_two_epochs_equals_an_uninterrupted_run(testkit, tmp_path):
+    full = train(tiny(tmp_path, "full", epochs=3, sched="constant"))
+    train(tiny(tmp_path, "parts", epochs=2, sched="constant"))
+    resumed = train(tiny(tmp_path, "parts", epochs=3, sched="constant", resume=str(tmp_path / "parts")))
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "parts" / "metrics.jsonl")] == [1, 2, 3]
+    assert weights_sha256(resumed.model) == weights_sha256(full.model)
+    assert resumed.model.head.init_count.item() == 1  # the head is not re-initialised on resume
+    assert resumed.model.head.steps.item() == 3 * TRAIN // BATCH
+
+
+@pytest.mark.parametrize("stop_step", [31, 20], ids=["after-epoch-2", "mid-epoch-2"])
+def test_ctrl_c_saves_a_state_that_resumes_exactly(testkit, tmp_path, stop_step):
+    # the probe sends SIGINT to this process during step `stop_step` (0-based); the loop finishes that step
+    reg = ["probe:weight=0.01"]
+    full = train(tiny(tmp_path, "full", epochs=3, reg=reg))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, "cut", epochs=3, reg=[f"probe:weight=0.01,interrupt_at_step={stop_step}"]))
+    progress = json.loads((tmp_path / "cut" / "state" / "progress.json").read_text())
+    assert progress["global_step"] == stop_step + 1
+    resumed = train(tiny(tmp_path, "cut", epochs=3, reg=reg, resume=str(tmp_path / "cut")))
+    records = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert weights_sha256(resumed.model) == weights_sha256(full.model)
+    assert records[-1]["train_loss"] == pytest.approx(full.metrics[-1]["train_loss"], rel=1e-6)
+
+
+def test_head_hooks_run_once_before_and_after_every_step(testkit, tmp_path):
+    result = train(tiny(tmp_path, epochs=2))
+    assert result.model.head.init_count.item() == 1
+    assert result.model.head.steps.item() == 2 * TRAIN // BATCH
+
+
+def test_regularizer_hook(testkit, tmp_path):
+    cfg = tiny(tmp_path, "reg", epochs=1, reg=["probe:weight=1.0,input_grad=True"])
+    result = train(cfg)
+    record = read_jsonl(tmp_path / "reg" / "metrics.jsonl")[0]
+    assert record["reg/probe"] > 0 and record["reg/probe/calls"] == TRAIN // BATCH
+    assert record["reg/probe/shape_ok"] == 1.0 and record["reg/probe/input_grad"] == 1.0
+    # the penalty changes the gradient: the same run with weight 0 ends elsewhere
+    plain = train(tiny(tmp_path, "reg0", epochs=1, reg=["probe:weight=0.0,input_grad=True"]))
+    assert weights_sha256(plain.model) != weights_sha256(result.model)
+    assert read_jsonl(tmp_path / "reg0" / "metrics.jsonl")[0]["reg/probe"] == 0.0
+
+
+def test_extra_inputs_are_embedded_in_the_same_call_and_split_back(testkit, tmp_path):
+    data = load_split("mnist-small", "train", max_samples=6)
+    model = build_model(tiny(tmp_path), data).eval()
+    x = torch.stack([data[i][0] for i in range(6)])
+    extra_a, extra_b = x.flip(-1)[:4], torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        z, scores, (za, zb) = _TrainStep(model)(x, [extra_a, extra_b])
+        assert torch.allclose(z, model.embed(x), atol=1e-6) and torch.allclose(scores, model(x), atol=1e-6)
+        assert torch.allclose(za, model.embed(extra_a), atol=1e-6)
+        assert torch.allclose(zb, model.embed(extra_b), atol=1e-6)
+
+
+def test_freeze_backbone_epochs_trains_only_the_head(testkit, tmp_path):
+    data = load_split("mnist-small", "train", max_samples=8)
+    torch.manual_seed(0)
+    result = train(tiny(tmp_path, epochs=1, freeze_backbone_epochs=1, seed=0))
+    from accelerate.utils import set_seed
+
+    set_seed(0)
+    initial = build_model(tiny(tmp_path, seed=0), data)
+    for (name, before), after in zip(initial.backbone.state_dict().items(), result.model.backbone.state_dict().values()):
+        assert torch.equal(before, after), name
+    assert not torch.equal(initial.head.bias, result.model.head.bias)
+
+
+def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(testkit, tmp_path):
+    # 0-based step 17 is the 18th step: epoch 2, batch 2; epoch 1's state is the last good checkpoint
+    with pytest.raises(NonFiniteLossError) as err:
+        train(tiny(tmp_path, reg=["probe:nan_at_step=17"]))
+    message = str(err.value)
+    assert "step 18 (epoch 2, batch 2)" in message and "reg/probe = nan" in message
+    assert str(tmp_path / "run" / "state") in message and "\n" not in message
+    assert json.loads((tmp_path / "run" / "state" / "progress.json").read_text())["epoch"] == 1
+
+
+def test_nan_loss_on_the_command_line_is_one_line_exit_2(testkit, tmp_path):
+    cmd = [sys.executable, "-m", "robustproto", "train", "--backbone", "test_resnet", "--head", "tiny",
+           "--max-train-samples", "64", "--max-test-samples", "16", "--reg", "probe:nan_at_step=0",
+           "--output", str(tmp_path / "nan")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: non-finite loss at step 1") and "Traceback" not in result.stderr
+    assert "none (no epoch finished yet)" in result.stderr
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"backbone": "test_vit"}, "1×28×28"),
+    ({"backbone_opt": ["in_chans=3"]}, "(B, 3, H, W)"),
+])
+def test_a_model_that_does_not_fit_the_data_fails_before_training(testkit, tmp_path, overrides, words):
+    with pytest.raises(ValueError) as err:
+        train(tiny(tmp_path, **overrides))
+    assert words in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
