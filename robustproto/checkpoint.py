@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .model import ProtoModel
 
 __all__ = ["load", "save_model", "read_metadata", "write_json", "append_jsonl", "read_jsonl", "load_run_config",
-           "state_dir", "weights_sha256"]
+           "state_dir", "require_state", "weights_sha256"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -234,12 +234,18 @@ def save_state(accelerator, run_dir: Path, progress: dict[str, Any]) -> Path:
     return final
 
 
-def load_state(accelerator, run_dir: Path) -> dict[str, Any]:
-    """Restore the latest state of ``run_dir`` into the prepared objects; returns its progress record."""
+def require_state(run_dir: str | Path) -> Path:
+    """:func:`state_dir`, or a clear error when the run has none."""
     found = state_dir(run_dir)
     if found is None:
         raise FileNotFoundError(f"nothing to resume in {run_dir}: no complete training state ({STATE_DIR}/) — the "
                                 "run stopped before its first epoch ended; start it again without --resume")
+    return found
+
+
+def load_state(accelerator, run_dir: Path) -> dict[str, Any]:
+    """Restore the latest state of ``run_dir`` into the prepared objects; returns its progress record."""
+    found = require_state(run_dir)
     try:
         accelerator.load_state(str(found))
     except Exception as exc:

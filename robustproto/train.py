@@ -289,6 +289,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu)
     console = Console(quiet=not accelerator.is_main_process, highlight=False, soft_wrap=True)
     out = Path(cfg.output)
+    if cfg.resume:
+        checkpoint.require_state(cfg.resume)  # fail before any work
     set_seed(cfg.seed)
 
     train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.download, cfg.img_size, cfg.max_train_samples)
