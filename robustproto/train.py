@@ -281,12 +281,24 @@ def _agree(flag: bool, accelerator) -> bool:
 def train(cfg: TrainConfig) -> TrainResult:
     """Train a model as ``cfg`` says and write the run folder ``cfg.output`` (see :mod:`robustproto.checkpoint`)."""
     from accelerate import Accelerator
-    from accelerate.utils import gather_object, set_seed
-    from rich.console import Console
+
+    from accelerate.state import AcceleratorState
 
     # Accelerate only forms a CPU process group (gloo) when told it runs on CPU, e.g. under torchrun
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu)
+    try:
+        return _train(cfg, accelerator)
+    finally:
+        # Accelerate keeps its settings in a process-wide singleton; forget them (the process group stays)
+        # so a later run in the same interpreter may use another mixed precision
+        AcceleratorState._reset_state()
+
+
+def _train(cfg: TrainConfig, accelerator) -> TrainResult:
+    from accelerate.utils import gather_object, set_seed
+    from rich.console import Console
+
     console = Console(quiet=not accelerator.is_main_process, highlight=False, soft_wrap=True)
     out = Path(cfg.output)
     if cfg.resume:
@@ -461,5 +473,4 @@ def train(cfg: TrainConfig) -> TrainResult:
                               f"`robustproto train --resume {out}`")
                 raise KeyboardInterrupt
     console.print(f"test accuracy: {test_acc:.4f}")
-    accelerator.end_training()
     return TrainResult(output=out, test_acc=test_acc, metrics=history, model=model)

@@ -186,3 +186,12 @@ def test_a_model_that_does_not_fit_the_data_fails_before_training(testkit, tmp_p
         train(tiny(tmp_path, **overrides))
     assert words in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_bf16_autocast_run_keeps_float32_weights_and_finite_losses(testkit, tmp_path):
+    first = train(tiny(tmp_path, "fp32", epochs=1, max_train_samples=64))  # a later run may change precision
+    result = train(tiny(tmp_path, "bf16", epochs=1, max_train_samples=64, mixed_precision="bf16"))
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    record = result.metrics[-1]
+    assert torch.isfinite(torch.tensor(record["train_loss"])) and record["train_loss"] < 2.5
+    assert weights_sha256(result.model) != weights_sha256(first.model)  # autocast really ran in bf16
