@@ -1,0 +1,37 @@
+"""``linear``: a linear classifier with softmax cross-entropy, the baseline every prototype head is compared to."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustproto import Head
+
+from ._geometry import linear_margin
+
+
+class LinearHead(Head):
+    """Scores ``f(z) = W z + b`` trained with softmax cross-entropy; no options.
+
+    ``margin(z)`` is the exact L2 distance in embedding space to the decision boundary of
+    the predicted class ``c``: ``min_j (f_c − f_j) / ‖w_c − w_j‖``, the linear case of the
+    instance-specific guarantee of Hein & Andriushchenko 2017 ("Formal guarantees on the
+    robustness of a classifier against adversarial manipulation", Theorem 2.1), where the
+    bound is tight because the class differences are affine.
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int):
+        super().__init__(embed_dim, num_classes)
+        self.fc = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z)
+
+    def loss(self, z: torch.Tensor, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(scores.float(), y)
+
+    def margin(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            scores = F.linear(z.float(), self.fc.weight.float(), self.fc.bias.float())
+        return linear_margin(scores, self.fc.weight)
