@@ -155,19 +155,29 @@ def _overrides(cls: type, base: type, name: str) -> bool:
 
 @torch.no_grad()
 def _init_head(model: ProtoModel, data: ImageData, cfg: TrainConfig, device: torch.device) -> None:
-    """``head.init_from_data`` on float32 embeddings of a fixed, un-augmented subset of the training set."""
+    """``head.init_from_data`` on float32 embeddings of a fixed, un-augmented subset of the training set.
+
+    The embeddings are those the first training steps see: BatchNorm on batch statistics (its running
+    statistics of a fresh network say nothing yet; they are restored afterwards), dropout off.
+    """
     if not _overrides(type(model.head), Head, "init_from_data"):
         return
     plain = data.without_augmentation()
     keep = subset_indices(len(plain), cfg.init_samples)
     loader = DataLoader(Subset(plain, keep.tolist()) if keep is not None else plain, batch_size=cfg.batch_size * 2)
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
     model.eval()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train()
     zs, ys = [], []
     for x, y in loader:
         zs.append(model.embed(x.to(device)).float())
         ys.append(y.to(device))
-    model.head.init_from_data(torch.cat(zs), torch.cat(ys))
+    for name, b in model.named_buffers():
+        b.copy_(buffers[name])
     model.train()
+    model.head.init_from_data(torch.cat(zs), torch.cat(ys))
 
 
 def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
@@ -281,7 +291,6 @@ def _agree(flag: bool, accelerator) -> bool:
 def train(cfg: TrainConfig) -> TrainResult:
     """Train a model as ``cfg`` says and write the run folder ``cfg.output`` (see :mod:`robustproto.checkpoint`)."""
     from accelerate import Accelerator
-
     from accelerate.state import AcceleratorState
 
     # Accelerate only forms a CPU process group (gloo) when told it runs on CPU, e.g. under torchrun

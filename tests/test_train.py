@@ -195,3 +195,16 @@ def test_bf16_autocast_run_keeps_float32_weights_and_finite_losses(testkit, tmp_
     record = result.metrics[-1]
     assert torch.isfinite(torch.tensor(record["train_loss"])) and record["train_loss"] < 2.5
     assert weights_sha256(result.model) != weights_sha256(first.model)  # autocast really ran in bf16
+
+
+def test_head_init_leaves_batchnorm_statistics_untouched(testkit, tmp_path):
+    from robustproto.train import _init_head
+
+    cfg = tiny(tmp_path, init_samples=64)
+    data = load_split("mnist-small", "train", max_samples=64)
+    model = build_model(cfg, data)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    _init_head(model, data, cfg, torch.device("cpu"))
+    assert model.head.init_count.item() == 1 and model.head.weight.abs().sum() > 0 and model.training
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, before[key]), key
