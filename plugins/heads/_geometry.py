@@ -28,19 +28,22 @@ def linear_margin(scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 10) -> torch.Tensor:
-    """``k`` centres of the rows of ``x`` (m, n) by Lloyd's algorithm, started from ``k`` random samples.
+    """``k`` centres of the rows of ``x`` (m, n): k-means++ seeding, then Lloyd iterations.
 
-    With fewer samples than centres some start on the same sample; a centre whose cluster
-    empties keeps its position, so the result never contains NaN.
+    k-means++ (each new start drawn with probability ∝ squared distance to the chosen ones)
+    avoids starting two centres in one cluster. With fewer distinct samples than centres
+    some start on the same sample; a centre whose cluster empties keeps its position, so
+    the result never contains NaN.
     """
-    m = x.shape[0]
     if k == 1:
         return x.mean(0, keepdim=True)
-    if m >= k:
-        start = torch.randperm(m, generator=generator)[:k]
-    else:
-        start = torch.cat([torch.arange(m), torch.randint(m, (k - m,), generator=generator)])
-    centres = x[start.to(x.device)].clone()
+    first = torch.randint(x.shape[0], (1,), generator=generator)
+    centres = x[first.to(x.device)]
+    for _ in range(k - 1):
+        weights = squared_euclidean(x, centres).amin(1).cpu()
+        weights = weights if weights.sum() > 0 else torch.ones_like(weights)  # all samples already chosen
+        pick = torch.multinomial(weights, 1, generator=generator)
+        centres = torch.cat([centres, x[pick.to(x.device)]])
     for _ in range(iterations):
         assign = squared_euclidean(x, centres).argmin(1)
         counts = torch.bincount(assign, minlength=k)

@@ -20,8 +20,8 @@ class GTLVQ(GLVQ):
     (never a batch × prototypes × embed_dim tensor), in float32, clamped at 0. ``after_step``
     re-orthonormalises every ``W`` (QR), so the formula stays the projection distance.
 
-    Options: ``subspace_dim`` r (default 12, the paper's; clipped to ``embed_dim``), and
-    those of :class:`GLVQ`.
+    Options: ``subspace_dim`` r (default 12, the paper's; clipped to ``embed_dim − 1``, since
+    a subspace of the whole space is at distance 0 from everything), and those of :class:`GLVQ`.
 
     ``init_from_data``: the prototypes as in GLVQ (class means or per-class k-means), then
     each ``W`` from the SVD of the centred samples of its class (of its k-means cluster with
@@ -34,9 +34,9 @@ class GTLVQ(GLVQ):
 
     def __init__(self, embed_dim: int, num_classes: int, *, subspace_dim: int = 12, **glvq_options):
         super().__init__(embed_dim, num_classes, **glvq_options)
-        if int(subspace_dim) < 1:
-            raise ValueError(f"subspace_dim must be at least 1, got {subspace_dim}")
-        self.subspace_dim = min(int(subspace_dim), embed_dim)
+        if int(subspace_dim) < 1 or embed_dim < 2:
+            raise ValueError(f"GTLVQ needs subspace_dim >= 1 and embed_dim >= 2, got {subspace_dim} and {embed_dim}")
+        self.subspace_dim = min(int(subspace_dim), embed_dim - 1)
         random = torch.randn(len(self.prototypes), embed_dim, self.subspace_dim)
         self.tangents = nn.Parameter(torch.linalg.qr(random).Q)
 
