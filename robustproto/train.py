@@ -237,7 +237,8 @@ def _progress(console, enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[ips]:.0f} img/s  loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}"),
+                    TextColumn("{task.fields[ips]:.0f} img/s  loss {task.fields[loss]:.4f}  "
+                               "acc {task.fields[acc]:.3f}"),
                     TimeRemainingColumn(), console=console, transient=True, disable=not enabled)
 
 

@@ -58,7 +58,8 @@ def _write_folder(root: Path, split: str, classes: list[str], per_class: int = 3
     for c in classes:
         (root / split / c).mkdir(parents=True)
         for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+            pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / split / c / f"{i}.png")
 
 
 def test_imagefolder_train_and_val(tmp_path):
