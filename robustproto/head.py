@@ -70,7 +70,7 @@ class Head(nn.Module):
     def margin(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(
             f"head '{type(self).__name__}' gives no certified margin; certify a model with a head that "
-            "implements margin(z) (linear, glvq, gmlvq, repulsive with metric=l2)"
+            "implements margin(z) (`robustproto plugins` lists the heads; built in: linear, glvq, gmlvq, repulsive)"
         )
 
     @property

@@ -45,7 +45,7 @@ def make_distribution(root: Path, name: str, modules: dict[str, str], entry_poin
     """Write an installed distribution ``name`` with ``modules`` and ``entry_points`` under ``root``."""
     for module, source in modules.items():
         (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{name}-0.1.dist-info"
+    info = root / f"{name.replace('-', '_')}-0.1.dist-info"  # the installer normalises the name
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
     lines = []
