@@ -1,0 +1,135 @@
+"""Pictures of what a model learned: prototypes as images, or the training images nearest to them.
+
+Matplotlib with the headless Agg backend; every function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .head import squared_euclidean
+from .model import ProtoModel
+
+__all__ = ["prototype_images", "plot_prototypes"]
+
+
+def _figure_module():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _head_prototypes(model: ProtoModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's prototypes ``(P, embed_dim)`` and their class labels ``(P,)``."""
+    head = model.head
+    protos = getattr(head, "prototypes", None)
+    if not isinstance(protos, torch.Tensor) or protos.ndim != 2:
+        raise ValueError(
+            f"head '{model.spec.get('head', type(head).__name__)}' has no prototypes to show "
+            "(a prototype head exposes a `prototypes` tensor of shape (P, embed_dim))"
+        )
+    labels = getattr(head, "prototype_labels", None)
+    if labels is None:
+        if len(protos) != model.num_classes:
+            raise ValueError("the head's prototypes carry no `prototype_labels` and are not one per class")
+        labels = torch.arange(model.num_classes)
+    return protos.detach().float().cpu(), labels.detach().cpu()
+
+
+def prototype_images(model: ProtoModel, image_shape: tuple[int, int, int]) -> torch.Tensor | None:
+    """Prototypes as images ``(P, C, H, W)`` when the embedding *is* the normalised pixels, else ``None``.
+
+    That holds for a parameter-free backbone whose features are the ``C·H·W`` pixels and no
+    neck (the ``flatten`` backbone of LVQ on raw pixels): the normalisation is then undone.
+    Prototypes are not box-constrained during training, so values outside [0, 1] exist; they
+    are clipped for display only.
+    """
+    pixels = image_shape[0] * image_shape[1] * image_shape[2]
+    pixel_space = (
+        not any(True for _ in model.backbone.parameters())
+        and isinstance(model.neck, torch.nn.Identity)
+        and model.embed_dim == pixels
+    )
+    if not pixel_space:
+        return None
+    protos, _ = _head_prototypes(model)
+    images = protos.view(-1, *image_shape)
+    images = images * model.normalize.std.cpu()[0] + model.normalize.mean.cpu()[0]
+    return images.clamp(0, 1)
+
+
+def _show_image(ax, image: torch.Tensor) -> None:
+    if image.shape[0] == 1:
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(image.permute(1, 2, 0).numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+@torch.no_grad()
+def plot_prototypes(model: ProtoModel, path: str | Path, data=None, neighbours: int = 6,
+                    max_prototypes: int = 40, batch_size: int = 256) -> Path:
+    """Draw the prototypes of ``model`` into ``path`` (PNG).
+
+    On a pixel-space model (``flatten``) the prototypes themselves are drawn, one per cell,
+    titled with their class. On a deep backbone, each row shows the ``neighbours`` images of
+    ``data`` (a dataset of ``(image, label)``) nearest to one prototype in embedding space —
+    the interpretability argument of the prototype papers. At most ``max_prototypes`` are drawn
+    (the first of each class first).
+    """
+    plt = _figure_module()
+    model = model.eval()
+    protos, labels = _head_prototypes(model)
+    classes = list(getattr(data, "classes", []) or range(model.num_classes))
+    order = torch.argsort(torch.arange(len(labels)) % max(1, len(labels) // model.num_classes), stable=True)
+    order = order[:max_prototypes]
+    if data is None:
+        raise ValueError("show prototypes needs data: the image shape, and the images nearest to each prototype")
+    image_shape = tuple(data[0][0].shape)
+    images = prototype_images(model, image_shape)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if images is not None:
+        cols = min(10, len(order))
+        rows = (len(order) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, p in zip(axes.flat, order.tolist()):
+            ax.axis("on")
+            _show_image(ax, images[p])
+            ax.set_title(str(classes[int(labels[p])]), fontsize=9)
+        fig.suptitle("prototypes (pixel space, clipped to [0, 1])", fontsize=10)
+    else:
+        device = next(model.parameters()).device
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
+        best_d = torch.full((len(order), neighbours), float("inf"))
+        best_i = torch.zeros((len(order), neighbours), dtype=torch.long)
+        seen = 0
+        for x, _ in loader:
+            d = squared_euclidean(protos[order].to(device), model.embed(x.to(device))).cpu()
+            idx = torch.arange(seen, seen + len(x)).expand(len(order), -1)
+            all_d, all_i = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
+            best_d, pick = all_d.topk(neighbours, dim=1, largest=False)
+            best_i = all_i.gather(1, pick)
+            seen += len(x)
+        fig, axes = plt.subplots(len(order), neighbours, figsize=(1.3 * neighbours, 1.4 * len(order)), squeeze=False)
+        for row, p in enumerate(order.tolist()):
+            for col in range(neighbours):
+                ax = axes[row, col]
+                image, label = data[int(best_i[row, col])]
+                _show_image(ax, image)
+                if col == 0:
+                    ax.set_ylabel(f"proto {p}\n{classes[int(labels[p])]}", fontsize=8)
+                ax.set_title(str(classes[int(label)]), fontsize=7)
+        fig.suptitle("training images nearest to each prototype (embedding space)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
