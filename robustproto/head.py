@@ -42,6 +42,10 @@ class Head(nn.Module):
       the embedding size the head wants when the user gives none (a linear neck is
       then added); ``None`` keeps the backbone's feature size.
 
+    Optional attributes: ``prototypes`` ``(P, embed_dim)`` and ``prototype_labels``
+    ``(P,)`` let ``robustproto show prototypes`` draw them (``prototype_labels`` may be
+    omitted when there is one prototype per class, in class order).
+
     Numerics: no NaN on zero distances, duplicate prototypes or a class missing
     from a batch.
     """
