@@ -4,8 +4,8 @@ Both train the same backbone on the same data with the same batch size, optimize
 the plain loop is what a timm user writes by hand (model → logits → cross-entropy → Adam). The
 robustproto side is the real training loop (`robustproto.train`, one epoch), and its number is the
 `images_per_second` it logs (training steps only, without the evaluation pass). Variants run
-interleaved, `--repeats` times, and the median is reported, so load from other processes on the
-machine hits all of them alike.
+interleaved, `--repeats` times. The overhead is computed from each variant's best run (as timeit
+does: other processes on the machine only ever slow a run down); the median is printed beside it.
 
     python benchmarks/train_throughput.py --backbone resnet18 --heads linear,glvq,gtlvq,repulsive
 
@@ -66,10 +66,10 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist-small")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--img-size", type=int, default=None)
-    parser.add_argument("--samples", type=int, default=1024, help="training images per epoch")
+    parser.add_argument("--samples", type=int, default=512, help="training images per epoch")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args()
@@ -83,17 +83,18 @@ def main() -> None:
             for head in heads:
                 results[f"robustproto {head}"].append(robustproto_loop(args.backbone, head, args, Path(tmp)))
 
-    baseline = statistics.median(results["plain timm + CE"])
+    baseline = max(results["plain timm + CE"])
     rows = []
     for name, values in results.items():
-        ips = statistics.median(values)
-        rows.append({"variant": name, "images_per_second": ips, "all_runs": values,
-                     "overhead_vs_plain": baseline / ips - 1.0})
+        best = max(values)
+        rows.append({"variant": name, "images_per_second": best, "median_images_per_second": statistics.median(values),
+                     "all_runs": values, "overhead_vs_plain": baseline / best - 1.0})
     print(f"\n{args.backbone} on {args.dataset} ({len(data)} images, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats})")
-    print(f"{'variant':<26}{'images/s':>10}{'overhead':>10}")
+          f"{torch.get_num_threads()} threads, best and median of {args.repeats} interleaved runs)")
+    print(f"{'variant':<26}{'best img/s':>12}{'median':>10}{'overhead':>10}")
     for row in rows:
-        print(f"{row['variant']:<26}{row['images_per_second']:>10.0f}{row['overhead_vs_plain']:>+10.1%}")
+        print(f"{row['variant']:<26}{row['images_per_second']:>12.0f}{row['median_images_per_second']:>10.0f}"
+              f"{row['overhead_vs_plain']:>+10.1%}")
     report = {"backbone": args.backbone, "dataset": args.dataset, "samples": len(data), "batch_size": args.batch_size,
               "img_size": list(data.img_size), "threads": torch.get_num_threads(), "repeats": args.repeats,
               "torch": torch.__version__, "robustproto": robustproto.__version__, "results": rows}

@@ -362,7 +362,7 @@ def _train(cfg: TrainConfig, accelerator) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(out / checkpoint.CONFIG_FILE, cfg.to_dict())
         checkpoint.append_jsonl(out / checkpoint.METRICS_FILE, [], keep=history)
-    last_good = str(checkpoint.state_dir(out)) if checkpoint.state_dir(out) else None
+    last_good = str(checkpoint.state_dir(cfg.resume)) if cfg.resume else None  # not a stale state in `out`
     backbone_params = list(model.backbone.parameters())
     show_bar = accelerator.is_main_process and not _quiet()
     console.print(f"training {model.spec['backbone']} + {cfg.head} head on {cfg.dataset} "
