@@ -209,3 +209,10 @@ def test_head_init_leaves_batchnorm_statistics_untouched(testkit, tmp_path):
     assert model.head.init_count.item() == 1 and model.head.weight.abs().sum() > 0 and model.training
     for key, value in model.backbone.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_glvq_on_pixels_learns_from_its_class_mean_init(tmp_path):
+    # the built-in flatten backbone and glvq head: class-mean prototypes are a good classifier from step 0
+    result = train(resolve_config({"backbone": "flatten", "head": "glvq", "max_train_samples": 1000,
+                                   "max_test_samples": 500, "epochs": 1, "output": str(tmp_path / "glvq")}))
+    assert result.test_acc >= 0.7
