@@ -78,6 +78,8 @@ def train(
     img_size: int = typer.Option(None, help="Resize images to N×N."),
     max_train_samples: int = typer.Option(None, help="Train on a fixed subset of N samples."),
     max_test_samples: int = typer.Option(None, help="Test on a fixed subset of N samples."),
+    augment: str = typer.Option(None, help="auto (crop+flip for CIFAR/image folders, none for MNIST), none, "
+                                           "crop-flip, shift-rotate (±2 px, ±15°). (default: auto)"),
     workers: int = typer.Option(None, help="DataLoader worker processes. (default: 0)"),
     epochs: int = typer.Option(None, help="(default: 5)"),
     batch_size: int = typer.Option(None, help="Per process. (default: 64)"),

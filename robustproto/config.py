@@ -24,6 +24,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["TrainConfig", "load_recipe", "parse_options", "parse_reg", "resolve_config"]
 
 DATASETS = ("mnist-small", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+AUGMENTATIONS = ("auto", "none", "crop-flip", "shift-rotate")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # timm schedulers that are a function of the epoch alone (resume rebuilds them and steps to the epoch)
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
@@ -49,6 +50,7 @@ class TrainConfig:
     img_size: int | None = None
     max_train_samples: int | None = None
     max_test_samples: int | None = None
+    augment: str = "auto"
     workers: int = 0
 
     epochs: int = 5
@@ -93,7 +95,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _INTS = {"embed_dim", "img_size", "max_train_samples", "max_test_samples", "workers", "epochs", "batch_size",
          "warmup_epochs", "freeze_backbone_epochs", "init_samples", "seed"}
 _FLOATS = {"lr", "weight_decay"}
-_STRS = {"backbone", "head", "dataset", "optimizer", "sched", "mixed_precision", "output", "data_dir",
+_STRS = {"augment", "backbone", "head", "dataset", "optimizer", "sched", "mixed_precision", "output", "data_dir",
          "pretrained_weights", "resume"}
 _OPTIONAL = {"embed_dim", "img_size", "max_train_samples", "max_test_samples", "data_dir", "pretrained_weights",
              "resume", "mean", "std"}
@@ -219,6 +221,7 @@ def _check_values(cfg: TrainConfig) -> None:
             raise ValueError(f"{key}: '{getattr(cfg, key)}' is not one of {', '.join(allowed)}")
 
     choice("dataset", DATASETS)
+    choice("augment", AUGMENTATIONS)
     choice("mixed_precision", MIXED_PRECISION)
     choice("sched", SCHEDULERS)
     positive = ("epochs", "batch_size", "embed_dim", "img_size", "max_train_samples", "max_test_samples",

@@ -21,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from .config import DATASETS
+from .config import AUGMENTATIONS, DATASETS
 
-__all__ = ["DATASETS", "ImageData", "LightAugment", "EpochShuffleSampler", "load_split", "subset_indices"]
+__all__ = [
+    "AUGMENTATIONS", "DATASETS", "ImageData", "LightAugment", "ShiftRotate", "EpochShuffleSampler", "load_split",
+    "subset_indices",
+]
 
 _BUNDLED = Path(__file__).with_name("data") / "mnist_small.npz"
 _IMAGEFOLDER_CACHE_BYTES = 1 << 30  # decode an image folder once into memory when it fits in 1 GiB
@@ -52,6 +55,31 @@ class LightAugment:
 
     def __repr__(self) -> str:
         return f"LightAugment(pad={self.pad}, flip={self.flip})"
+
+
+class ShiftRotate:
+    """Random shift by up to ``shift`` pixels and rotation by up to ``degrees`` on one uint8 ``(C, H, W)`` image.
+
+    The augmentation of Saralajew et al. 2019 for LVQ on MNIST (±2 px, ±15°). Draws from torch's
+    global RNG, like :class:`LightAugment`.
+    """
+
+    def __init__(self, shift: int = 2, degrees: float = 15.0):
+        self.shift = int(shift)
+        self.degrees = float(degrees)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2.functional import affine
+
+        angle = (torch.rand(()).item() * 2 - 1) * self.degrees
+        dx, dy = torch.randint(-self.shift, self.shift + 1, (2,)).tolist()
+        return affine(img, angle=angle, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
+                      interpolation=InterpolationMode.BILINEAR)
+
+    def __repr__(self) -> str:
+        return f"ShiftRotate(shift={self.shift}, degrees={self.degrees})"
+
 
 
 class ImageData(Dataset):
@@ -225,7 +253,8 @@ def _imagefolder(split: str, data_dir: str | None, img_size: int | None, max_sam
 
 
 def load_split(name: str, split: str, data_dir: str | None = None, download: bool = False,
-               img_size: int | None = None, max_samples: int | None = None, augment: bool | None = None) -> ImageData:
+               img_size: int | None = None, max_samples: int | None = None,
+               augment: bool | str | None = None) -> ImageData:
     """One split (``"train"`` or ``"test"``) of a dataset, images in [0, 1].
 
     Args:
@@ -234,7 +263,10 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
         download: let torchvision download a missing dataset.
         img_size: resize images to ``img_size × img_size`` (image folders default to 224).
         max_samples: keep a fixed subset (the same for every run) of this many samples.
-        augment: light augmentation; default on for ``"train"``, off for ``"test"``.
+        augment: one of :data:`AUGMENTATIONS`: ``"auto"`` (random crop + flip for CIFAR and image
+            folders, none for the MNIST family), ``"none"``, ``"crop-flip"``, ``"shift-rotate"`` (±2 px,
+            ±15°); ``True`` means ``"auto"``, ``False`` ``"none"``. Default: ``"auto"`` for ``"train"``,
+            ``"none"`` for ``"test"``.
     """
     if name not in DATASETS:
         raise ValueError(f"dataset: '{name}' is not one of {', '.join(DATASETS)}")
@@ -251,8 +283,14 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
         if img_size is not None:
             images = _resize_uint8(images, img_size)
         data = ImageData(name, labels, classes, images=images.contiguous())
-    if augment is None:
-        augment = split == "train"
-    if augment and name in ("cifar10", "cifar100", "imagefolder"):
+    if augment is None or isinstance(augment, bool):
+        augment = "auto" if (split == "train" if augment is None else augment) else "none"
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment: '{augment}' is not one of {', '.join(AUGMENTATIONS)}")
+    if augment == "auto":
+        augment = "crop-flip" if name in ("cifar10", "cifar100", "imagefolder") else "none"
+    if augment == "crop-flip":
         data.augment = LightAugment(pad=4 if name != "imagefolder" else max(4, data.img_size[0] // 8), flip=True)
+    elif augment == "shift-rotate":
+        data.augment = ShiftRotate()
     return data

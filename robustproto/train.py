@@ -315,7 +315,8 @@ def _train(cfg: TrainConfig, accelerator) -> TrainResult:
         checkpoint.require_state(cfg.resume)  # fail before any work
     set_seed(cfg.seed)
 
-    train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.download, cfg.img_size, cfg.max_train_samples)
+    train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.download, cfg.img_size, cfg.max_train_samples,
+                            augment=cfg.augment)
     test_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.download, cfg.img_size, cfg.max_test_samples)
     if test_data.num_classes != train_data.num_classes:
         raise ValueError(f"dataset: train has {train_data.num_classes} classes but test {test_data.num_classes}")

@@ -96,3 +96,27 @@ def test_shuffle_depends_only_on_seed_and_epoch():
     assert list(s1) == list(s2) and sorted(s1) == list(range(50))
     s2.set_epoch(3)
     assert list(s1) != list(s2)
+
+
+def test_augment_option_selects_the_augmentation():
+    from robustproto.data import ShiftRotate
+
+    assert load_split("mnist-small", "train", max_samples=10).augment is None  # auto: none on MNIST
+    data = load_split("mnist-small", "train", max_samples=10, augment="shift-rotate")
+    assert isinstance(data.augment, ShiftRotate)
+    assert isinstance(load_split("mnist-small", "train", max_samples=10, augment="crop-flip").augment, LightAugment)
+    with pytest.raises(ValueError, match="augment: 'twist' is not one of"):
+        load_split("mnist-small", "train", max_samples=10, augment="twist")
+
+
+def test_shift_rotate_moves_the_digit_but_keeps_its_mass():
+    from robustproto.data import ShiftRotate
+
+    data = load_split("mnist-small", "train", max_samples=5, augment=False)
+    img = data.uint8(0)
+    torch.manual_seed(1)
+    out = ShiftRotate()(img)
+    assert out.shape == img.shape and out.dtype == torch.uint8
+    assert not torch.equal(out, img)
+    # a ±2 px shift and ±15° rotation keep an MNIST digit (centred, with a 4 px border) inside the frame
+    assert abs(out.float().sum() - img.float().sum()) / img.float().sum() < 0.1
