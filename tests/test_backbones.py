@@ -67,6 +67,17 @@ def test_mlp_options():
         timm.create_model("mlp", depth=3)
 
 
+def test_mlp_dropout_acts_on_hidden_units_in_training_only():
+    model = timm.create_model("mlp", num_classes=0, width=64, drop_rate=0.5)
+    x = torch.rand(4, 1, 28, 28)
+    hidden = nn.functional.softplus(model.hidden(x.flatten(1)), beta=10.0)
+    assert torch.equal(model.eval()(x), hidden)
+    dropped = model.train()(x)
+    zeros = dropped == 0
+    assert 0.3 < zeros.float().mean() < 0.7  # about half the units dropped, the rest scaled by 1 / (1 - p)
+    assert torch.allclose(dropped[~zeros], 2 * hidden[~zeros])
+
+
 def test_kp_cnns_follow_the_paper():
     mnist = timm.create_model("kp_cnn_mnist", num_classes=0)
     convs = [m for m in mnist.modules() if isinstance(m, nn.Conv2d)]
