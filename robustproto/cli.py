@@ -120,6 +120,31 @@ def train(
         sys.exit(130)
 
 
+show_app = typer.Typer(no_args_is_help=True, help="Pictures of trained models (PNG): prototypes, adversarial examples, "
+                                                  "robustness curves.")
+app.add_typer(show_app, name="show")
+
+
+@show_app.command("prototypes")
+def show_prototypes(
+    model: str = typer.Option(..., "--model", help="Run folder of `robustproto train` (or its model.safetensors)."),
+    dataset: str = typer.Option(None, help="Dataset to draw images from. (default: the run's own)"),
+    data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
+    max_samples: int = typer.Option(None, help="Search the nearest images among N training samples. "
+                                               "(default: the run's max_train_samples, else all)"),
+    neighbours: int = typer.Option(6, help="Nearest training images per prototype (deep backbones)."),
+    max_prototypes: int = typer.Option(40, help="Draw at most this many prototypes."),
+    out: str = typer.Option("prototypes.png", "--out", help="PNG to write."),
+) -> None:
+    """Prototypes as images (pixel-space models such as `flatten`), else the training images nearest to each."""
+    from .checkpoint import load
+    from .show import plot_prototypes, run_data
+
+    data = run_data(model, "train", dataset, data_dir, max_samples)
+    path = plot_prototypes(load(model), out, data=data, neighbours=neighbours, max_prototypes=max_prototypes)
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     """Entry point: run the app (click handles usage errors), turning expected errors into one line, exit 2."""
     try:

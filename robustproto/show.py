@@ -12,7 +12,7 @@ import torch
 from .head import squared_euclidean
 from .model import ProtoModel
 
-__all__ = ["prototype_images", "plot_prototypes"]
+__all__ = ["prototype_images", "plot_prototypes", "run_data"]
 
 
 def _figure_module():
@@ -22,6 +22,23 @@ def _figure_module():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def run_data(run: str | Path, split: str = "train", dataset: str | None = None, data_dir: str | None = None,
+             max_samples: int | None = None):
+    """A split of the dataset a trained run used (``OUT/model.safetensors``'s config), without augmentation.
+
+    ``dataset``/``data_dir`` replace the run's own; ``max_samples`` defaults to the run's
+    ``max_train_samples``/``max_test_samples``. The run's ``img_size`` is kept, so the images fit the model.
+    """
+    from .checkpoint import read_metadata
+    from .data import load_split
+
+    config = read_metadata(run)["config"]
+    limit = config.get("max_train_samples" if split == "train" else "max_test_samples")
+    return load_split(dataset or config.get("dataset", "mnist-small"), split,
+                      data_dir if data_dir is not None else config.get("data_dir"),
+                      img_size=config.get("img_size"), max_samples=max_samples or limit, augment="none")
 
 
 def _head_prototypes(model: ProtoModel) -> tuple[torch.Tensor, torch.Tensor]:

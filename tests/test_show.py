@@ -47,3 +47,48 @@ def test_a_head_without_prototypes_is_a_clear_error(digits, tmp_path):
     model = robustproto.wrap("flatten", head="linear", num_classes=10, in_chans=1, img_size=28)
     with pytest.raises(ValueError, match="no prototypes to show"):
         plot_prototypes(model, tmp_path / "x.png", data=digits)
+
+
+@pytest.fixture(scope="module")
+def glvq_run(tmp_path_factory):
+    """A GLVQ model on the bundled MNIST pixels, trained for one short epoch."""
+    out = tmp_path_factory.mktemp("glvq_run")
+    robustproto.train(robustproto.TrainConfig(backbone="flatten", head="glvq", dataset="mnist-small", epochs=1,
+                                              max_train_samples=300, max_test_samples=100, output=str(out)))
+    return out
+
+
+def test_run_data_is_the_runs_own_training_subset_without_augmentation(glvq_run):
+    from robustproto.show import run_data
+
+    data = run_data(glvq_run)
+    assert data.name == "mnist-small" and len(data) == 300 and data.augment is None
+    assert len(run_data(glvq_run, "test")) == 100
+    assert len(run_data(glvq_run, max_samples=50)) == 50
+
+
+def test_show_prototypes_cli_draws_the_trained_prototypes(glvq_run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import robustproto.show as show
+    from robustproto.cli import app
+
+    drawn = {}
+    real = show.plot_prototypes
+    monkeypatch.setattr(show, "plot_prototypes", lambda model, path, data, **kw: drawn.update(
+        model=model, n=len(data)) or real(model, path, data=data, **kw))
+    result = CliRunner().invoke(app, ["show", "prototypes", "--model", str(glvq_run), "--out",
+                                      str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    assert drawn["n"] == 300
+    assert torch.equal(drawn["model"].head.prototypes, robustproto.load(glvq_run).head.prototypes)
+    assert matplotlib.image.imread(tmp_path / "p.png").shape[1] > 500  # ten cells side by side
+
+
+def test_show_prototypes_on_a_missing_run_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "robustproto", "show", "prototypes", "--model",
+                             str(tmp_path / "nope")], capture_output=True, text=True)
+    assert result.returncode == 2 and "no model checkpoint" in result.stderr and "Traceback" not in result.stderr
