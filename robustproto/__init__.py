@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from .checkpoint import load
 from .config import TrainConfig
 from .head import Head, affine_margin, squared_euclidean
+from .lipschitz import lipschitz_upper_bound
 from .model import Normalize, ProtoModel, create_backbone, create_head, create_regularizer, wrap
 from .registry import PluginError, list_plugins, load_backbones, refresh_plugins
 from .regularizer import Regularizer, StepContext
@@ -33,6 +34,7 @@ __all__ = [
     "create_backbone",
     "create_head",
     "create_regularizer",
+    "lipschitz_upper_bound",
     "list_plugins",
     "load",
     "load_backbones",
