@@ -145,6 +145,31 @@ def show_prototypes(
     typer.echo(f"wrote {path}")
 
 
+@show_app.command("adversarial")
+def show_adversarial(
+    model: str = typer.Option(..., "--model", help="Run folder of `robustproto train` (or its model.safetensors)."),
+    attack: list[str] = typer.Option(..., "--attack", help="Attack name as in `robustproto eval` (repeatable)."),
+    eps: list[str] = typer.Option(None, "--eps", help="Budget(s) in pixel units, e.g. 0.1,0.3 (fixed-budget attacks; "
+                                                      "repeatable)."),
+    norm: str = typer.Option("Linf", help="Linf or L2."),
+    n_images: int = typer.Option(10, help="Correctly classified test images to attack."),
+    dataset: str = typer.Option(None, help="Dataset to draw test images from. (default: the run's own)"),
+    data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
+    out: str = typer.Option("adversarial.png", "--out", help="PNG to write."),
+) -> None:
+    """A grid of clean test images and their adversarial versions with predictions, per attack and ε."""
+    from .checkpoint import load
+    from .show import plot_adversarial, run_data
+
+    try:
+        budgets = [float(e) for item in eps or [] for e in str(item).split(",") if e.strip()]
+    except ValueError:
+        raise UserError(f"--eps: expected numbers such as 0.1,0.3, got {eps}") from None
+    data = run_data(model, "test", dataset, data_dir)
+    path = plot_adversarial(load(model), data, out, list(attack), budgets, norm=norm, n_images=n_images)
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     """Entry point: run the app (click handles usage errors), turning expected errors into one line, exit 2."""
     try:

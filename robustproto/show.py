@@ -12,7 +12,7 @@ import torch
 from .head import squared_euclidean
 from .model import ProtoModel
 
-__all__ = ["prototype_images", "plot_prototypes", "run_data"]
+__all__ = ["adversarial_rows", "prototype_images", "plot_adversarial", "plot_prototypes", "run_data"]
 
 
 def _figure_module():
@@ -147,6 +147,79 @@ def plot_prototypes(model: ProtoModel, path: str | Path, data=None, neighbours: 
                 ax.set_title(str(classes[int(label)]), fontsize=7)
         fig.suptitle("training images nearest to each prototype (embedding space)", fontsize=10)
     fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def adversarial_rows(model: torch.nn.Module, data, attacks: list[str], eps: list[float], norm: str = "Linf",
+                     n_images: int = 10, batch_size: int = 128) -> list[tuple[str, torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor | None, torch.Tensor]]:
+    """The rows of :func:`plot_adversarial`: ``(label, images, predictions, distances or None, labels)``.
+
+    The first row is the first ``n_images`` correctly classified images of ``data``; then one row per
+    fixed-budget attack and ε, and one per minimal-perturbation attack (with its distances). The
+    attacks are those of :mod:`robustproto.evaluate` (same names, defaults and verification of every
+    output as ``robustproto eval``); where an attack finds no adversarial the clean image stays.
+    """
+    from .evaluate import _collect, _parse_attack, _predict, _run, normalize_norm
+
+    norm = normalize_norm(norm)
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        x, y = _collect(data, None, batch_size)
+        correct = (_predict(model, x, batch_size, device) == y).nonzero().squeeze(1)[:n_images]
+        if len(correct) == 0:
+            raise ValueError("show adversarial: the model classifies none of the images correctly")
+        x, y = x[correct], y[correct]
+        with torch.no_grad():
+            num_classes = int(model(x[:1].to(device)).shape[1])
+        rows = [("clean", x, y, None, y)]
+        for name in attacks:
+            _, spec, options = _parse_attack(name, {})
+            if norm not in spec.norms:
+                raise ValueError(f"attack '{name}' works in {'/'.join(spec.norms)}, not {norm}")
+            budgets = [None] if spec.minimal else list(eps)
+            if not budgets:
+                raise ValueError(f"attack '{name}' needs --eps (a fixed-budget attack)")
+            for e in budgets:
+                attack = spec.build(model, e if e is not None else float("inf"), norm, num_classes, options)
+                out = _run(attack, model, x, y, e, norm, batch_size, device)
+                label = f"{name}\nε={e:g}" if e is not None else f"{name}\n(minimal)"
+                rows.append((label, out.examples, _predict(model, out.examples, batch_size, device),
+                             None if e is not None else out.distance, y))
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def plot_adversarial(model: torch.nn.Module, data, path: str | Path, attacks: list[str], eps: list[float],
+                     norm: str = "Linf", n_images: int = 10, batch_size: int = 128) -> Path:
+    """A grid like Fig. 1 of Saralajew et al. 2019: clean images (top row) and, per attack and ε, their
+    adversarial versions (:func:`adversarial_rows`), each titled with the model's prediction (red where
+    it differs from the label; minimal attacks add the distance)."""
+    from .evaluate import normalize_norm
+
+    plt = _figure_module()
+    rows = adversarial_rows(model, data, attacks, eps, norm, n_images, batch_size)
+    classes = list(getattr(data, "classes", []) or [])
+    columns = len(rows[0][1])
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.2 * columns + 1.2, 1.35 * len(rows)), squeeze=False)
+    for r, (label, images, pred, distance, y) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r, c]
+            _show_image(ax, images[c].cpu())
+            shown = str(classes[int(pred[c])]) if classes else str(int(pred[c]))
+            if distance is not None and torch.isfinite(distance[c]):
+                shown += f" ({float(distance[c]):.2g})"
+            ax.set_title(shown, fontsize=7, color="red" if int(pred[c]) != int(y[c]) else "black")
+        axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"adversarial examples ({normalize_norm(norm)}); title: prediction, red if wrong", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

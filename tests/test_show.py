@@ -92,3 +92,41 @@ def test_show_prototypes_on_a_missing_run_is_a_one_line_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "robustproto", "show", "prototypes", "--model",
                              str(tmp_path / "nope")], capture_output=True, text=True)
     assert result.returncode == 2 and "no model checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_adversarial_rows_stay_within_budget_and_flip_predictions(glvq_run):
+    from robustproto.show import adversarial_rows, run_data
+
+    model = robustproto.load(glvq_run)
+    data = run_data(glvq_run, "test")
+    rows = adversarial_rows(model, data, ["fgsm"], [0.0, 0.3], norm="Linf", n_images=6)
+    (_, clean, clean_pred, _, y), (label0, at0, pred0, _, _), (label3, at3, pred3, _, _) = rows
+    assert len(y) == 6 and torch.equal(clean_pred, y)  # only correctly classified images are shown
+    assert "ε=0" in label0 and torch.equal(at0, clean) and torch.equal(pred0, y)
+    assert (at3 - clean).abs().amax() <= 0.3 + 1e-5 and at3.min() >= 0 and at3.max() <= 1
+    with torch.no_grad():
+        assert torch.equal(model(at3).argmax(1), pred3)
+    assert (pred3 != y).any()  # GLVQ on pixels falls to FGSM at 0.3 (Saralajew et al.: median-δ .17)
+    changed = (at3 != clean).flatten(1).any(1)
+    assert torch.equal(changed, pred3 != y)  # an image is replaced only by a verified adversarial
+
+    (_, df, df_pred, df_dist, _) = adversarial_rows(model, data, ["deepfool"], [], norm="L2", n_images=6)[1]
+    found = torch.isfinite(df_dist)
+    assert found.any() and torch.equal(found, df_pred != y)
+    assert torch.allclose((df - clean).flatten(1).norm(dim=1)[found].double(), df_dist[found], atol=1e-4)
+
+
+def test_show_adversarial_cli_writes_a_grid_and_rejects_bad_input(glvq_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from robustproto.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["show", "adversarial", "--model", str(glvq_run), "--attack", "fgsm", "--attack",
+                                 "bim", "--eps", "0.1,0.3", "--n-images", "4", "--out", str(tmp_path / "a.png")])
+    assert result.exit_code == 0, result.output
+    height, width = matplotlib.image.imread(tmp_path / "a.png").shape[:2]
+    assert height > 4 * 100 and width > 4 * 100  # 5 rows (clean + 2 attacks × 2 ε) of 4 images
+    result = runner.invoke(app, ["show", "adversarial", "--model", str(glvq_run), "--attack", "deepfool",
+                                 "--norm", "Linf", "--out", str(tmp_path / "b.png")])
+    assert isinstance(result.exception, ValueError) and "works in L2, not Linf" in str(result.exception)
