@@ -7,8 +7,10 @@ entry-point groups ``robustproto.heads``, ``robustproto.regularizers`` and
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .certify import certify
 from .checkpoint import load
 from .config import TrainConfig
+from .evaluate import evaluate  # torchattacks is imported only when an attack is built
 from .head import Head, affine_margin, squared_euclidean
 from .lipschitz import lipschitz_upper_bound
 from .model import Normalize, ProtoModel, create_backbone, create_head, create_regularizer, wrap
@@ -31,9 +33,11 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "affine_margin",
+    "certify",
     "create_backbone",
     "create_head",
     "create_regularizer",
+    "evaluate",
     "lipschitz_upper_bound",
     "list_plugins",
     "load",

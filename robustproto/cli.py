@@ -58,6 +58,106 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
 # Commands of later modules register themselves here, one line each.
 
 
+def _eval_table(config: str | None) -> tuple[dict, dict]:
+    """The recipe's ``[eval]`` table and the recipe itself (``{}`` without ``--config``)."""
+    if not config:
+        return {}, {}
+    from .config import load_recipe
+
+    recipe = load_recipe(config)
+    table = recipe.get("eval", {})
+    if not isinstance(table, dict):
+        raise UserError(f"{config}: [eval] must be a table")
+    return table, recipe
+
+
+def _run_folder(model: str | None, recipe: dict) -> str:
+    if model:
+        return model
+    if recipe.get("output"):
+        return str(recipe["output"])
+    raise UserError("pass --model OUT (the run folder of `robustproto train`), or a --config recipe with an output")
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option(None, "--model", help="Run folder of `robustproto train`. (default: the recipe's output)"),
+    config: str = typer.Option(None, "--config", help="Recipe TOML; its [eval] table gives the defaults below."),
+    dataset: str = typer.Option(None, help="Test data. (default: the run's own)"),
+    data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
+    attack: list[str] = typer.Option(None, "--attack", help="fgsm, fgm, bim, mim, pgd, pgd-l2, deepfool, cw, fab, "
+                                                            "square, autoattack, gaussian; pgd-20 sets steps "
+                                                            "(repeatable)."),
+    eps: list[str] = typer.Option(None, "--eps", help="Budgets in pixel units, e.g. 0,0.1,0.3 or 8/255."),
+    norm: str = typer.Option(None, help="Linf or L2. (default: Linf)"),
+    n_samples: int = typer.Option(None, help="Evaluate a fixed subset of N test points. (default: all)"),
+    batch_size: int = typer.Option(None, help="(default: 128)"),
+    attack_opt: list[str] = typer.Option(None, "--attack-opt", help="ATTACK:key=value,... e.g. square:n_queries=1000 "
+                                                                    "(repeatable)."),
+    threshold: str = typer.Option(None, help="Threshold accuracy, NORM=T,... (default: L2=1.5,Linf=0.3)."),
+    bisection_steps: int = typer.Option(None, help="Bisection steps on ε per point for the minimal distance of a "
+                                                   "fixed-budget attack. (default: 6)"),
+    report: str = typer.Option("report.json", "--report", help="JSON report to write (∞ written as \"inf\")."),
+    plot: str = typer.Option(None, "--plot", help="PNG of the robustness curves."),
+    save_examples: str = typer.Option(None, "--save-examples", help="PNG grid of adversarial examples."),
+) -> None:
+    """Attack a trained model: robust accuracy over ε, median minimal distances, gradient-masking warnings."""
+    from .checkpoint import load
+    from .evaluate import EvalSettings, evaluate, parse_eps, write_report
+    from .show import run_data
+
+    table, recipe = _eval_table(config)
+    settings = EvalSettings.resolve(table, attack=attack or None, eps=parse_eps(eps), norm=norm, n_samples=n_samples,
+                                    batch_size=batch_size, attack_opt=attack_opt or None, threshold=threshold,
+                                    bisection_steps=bisection_steps)
+    run = _run_folder(model, recipe)
+    data = run_data(run, "test", dataset, data_dir, settings.n_samples)
+    result = evaluate(load(run), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
+                      batch_size=settings.batch_size, attack_options=settings.attack_options,
+                      thresholds=settings.thresholds, bisection_steps=settings.bisection_steps, model_name=run,
+                      dataset_name=data.name, plot=plot, save_examples=save_examples, log=typer.echo)
+    write_report(result, report)
+    typer.echo(f"clean accuracy {result['clean_accuracy']:.4f}; median distance {result['median_distance']}")
+    for warning in result["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"wrote {report}" + (f", {plot}" if plot else "") + (f", {save_examples}" if save_examples else ""))
+
+
+@app.command("certify")
+def certify_command(
+    model: str = typer.Option(None, "--model", help="Run folder of `robustproto train`. (default: the recipe's output)"),
+    config: str = typer.Option(None, "--config", help="Recipe TOML; its [eval.certify] table gives the defaults."),
+    dataset: str = typer.Option(None, help="Test data. (default: the run's own)"),
+    data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
+    norm: str = typer.Option(None, help="L2 (the only norm certified). (default: L2)"),
+    n_samples: int = typer.Option(None, help="Certify a fixed subset of N test points. (default: all)"),
+    radii: str = typer.Option(None, help="Radii for the certified accuracy, e.g. 0.1,0.5,1. "
+                                         "(default: 0.1,0.25,0.5,1,1.5,2)"),
+    batch_size: int = typer.Option(256),
+    report: str = typer.Option("cert.json", "--report", help="JSON report to write."),
+) -> None:
+    """Certified L2 radii: head margin / Lipschitz bound (and Hein & Andriushchenko's local bound for an mlp)."""
+    from .certify import DEFAULT_RADII, certify, certify_summary
+    from .checkpoint import load
+    from .evaluate import parse_eps, write_report
+    from .show import run_data
+
+    table, recipe = _eval_table(config)
+    defaults = dict(table.get("certify", {}))
+    unknown = sorted(set(defaults) - {"norm", "n_samples", "radii"})
+    if unknown:
+        raise UserError(f"[eval.certify]: unknown key(s) {', '.join(unknown)} (known: norm, n_samples, radii)")
+    run = _run_folder(model, recipe)
+    limit = n_samples if n_samples is not None else defaults.get("n_samples")
+    data = run_data(run, "test", dataset, data_dir, limit)
+    result = certify(load(run), data, norm=norm or defaults.get("norm", "L2"),
+                     radii=parse_eps([radii]) if radii else defaults.get("radii", DEFAULT_RADII),
+                     batch_size=batch_size, model_name=run, dataset_name=data.name)
+    write_report(result, report)
+    typer.echo(certify_summary(result))
+    typer.echo(f"wrote {report}")
+
+
 @app.command()
 def train(
     config: str = typer.Option(None, "--config", help="Recipe TOML; every option below has the same key there."),
