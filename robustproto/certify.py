@@ -120,7 +120,7 @@ class _OneHiddenLayer:
         std = model.normalize.std.flatten().double()
         pixels = hidden.in_features // len(std)
         per_input = std.repeat_interleave(pixels)  # (x − mean)/std per channel, flattened channel-major
-        self.u = hidden.weight.double() / per_input  # (H, d) in pixel units
+        self.u = hidden.weight.detach().double() / per_input  # (H, d) in pixel units
         self.w = weight.double()  # (K, H)
         self.gram = self.u @ self.u.t()
         self.row_norms = self.u.norm(dim=1)
