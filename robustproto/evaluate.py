@@ -21,7 +21,8 @@ Every attack's output is checked by re-running the model on the returned images:
 larger than ε, outside [0, 1] or not finite (beyond a float tolerance of 1e-5 absolute + 1e-5
 relative) is an :class:`AttackError` (with ``strict=False`` the point counts as not broken and a
 warning is added); an excess within the tolerance is projected back onto the ε-ball and the box
-before the model is re-run, so every counted adversarial is valid.
+before the model is re-run, so every counted adversarial is valid. At ε = 0 the clean image is the only
+admissible input, so no attack is called there (some divide by ε).
 
 ``∞`` is kept as ``float("inf")`` in the returned dict; :func:`report_json` (used by
 ``robustproto eval --report``) writes it as the string ``"inf"`` so the file is valid JSON.
