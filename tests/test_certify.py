@@ -62,7 +62,7 @@ def test_local_cross_lipschitz_bound_is_exact_at_radius_zero(mnist_like):
     scores = model(xi)[0]
     c = int(scores.argmax())
     grads = [torch.autograd.grad(scores[k], xi, retain_graph=True)[0].flatten().double() for k in range(10)]
-    a = net.hidden(model.normalize(x[:1]).flatten(1)).double()
+    a = net.hidden(model.normalize(x[:1]).flatten(1)).detach().double()
     s = net.act_derivative(a)[0]
     for j in (k for k in range(10) if k != c):
         v = net.w[j] - net.w[c]
