@@ -270,6 +270,34 @@ def show_adversarial(
     typer.echo(f"wrote {path}")
 
 
+@show_app.command("curves")
+def show_curves(
+    reports: list[str] = typer.Argument(..., help="Report JSON files of `robustproto eval --report`."),
+    label: list[str] = typer.Option(None, "--label", help="Legend name per report, in order (default: its model)."),
+    out: str = typer.Option("curves.png", "--out", help="PNG to write."),
+) -> None:
+    """Robustness curves of several models on one plot (one panel per norm), from their eval reports."""
+    from pathlib import Path
+
+    from .evaluate import save_robustness_curves
+
+    loaded = []
+    for report in reports:
+        path = Path(report)
+        if not path.is_file():
+            raise FileNotFoundError(f"no report at {path}: pass files written by `robustproto eval --report`")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+            raise UserError(f"{path} is not a report of `robustproto eval` (no results list)")
+        loaded.append(data)
+    if label and len(label) != len(loaded):
+        raise UserError(f"--label: {len(label)} given for {len(loaded)} reports; give one per report or none")
+    typer.echo(f"wrote {save_robustness_curves(loaded, out, label or None)}")
+
+
 def main() -> None:
     """Entry point: run the app (click handles usage errors), turning expected errors into one line, exit 2."""
     try:

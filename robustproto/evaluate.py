@@ -773,40 +773,58 @@ def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-def robustness_figure(report: Mapping[str, Any]):
-    """A matplotlib Figure (Agg, no pyplot state): robust accuracy over ε, one line per attack and norm."""
+def robustness_figure(report: Mapping[str, Any] | Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None):
+    """A matplotlib Figure (Agg, no pyplot state): robust accuracy over ε, one line per attack and norm.
+
+    Given several reports (e.g. one per trained model, as in Fig. 2 of Khalid & Paaßen), their curves
+    share the axes, one panel per norm, each line labelled ``label: attack`` (``labels`` default to the
+    reports' ``model`` names; the attack is left out when every report ran the same single attack).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    reports = [report] if isinstance(report, Mapping) else list(report)
+    if not reports:
+        raise ValueError("robustness curves: no report given")
+    names = list(labels) if labels is not None else [str(r.get("model", "")) for r in reports]
+    if len(names) != len(reports):
+        raise ValueError(f"robustness curves: {len(names)} labels for {len(reports)} reports")
+    attacks = {r["attack"] for rep in reports for r in rep["results"]}
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
     FigureCanvasAgg(fig)
-    norms = sorted({r["norm"] for r in report["results"]})
+    norms = sorted({r["norm"] for rep in reports for r in rep["results"]})
     axes = fig.subplots(1, max(1, len(norms)), squeeze=False)[0]
     for ax, run_norm in zip(axes, norms or ["Linf"]):
         lines: dict[str, list] = {}
-        for r in report["results"]:
-            if r["norm"] == run_norm:
-                lines.setdefault(r["attack"], []).append((r["eps"], r["robust_accuracy"]))
-        for attack, points in lines.items():
+        for name, rep in zip(names, reports):
+            for r in rep["results"]:
+                if r["norm"] == run_norm:
+                    label = r["attack"] if len(reports) == 1 else name if len(attacks) == 1 else f"{name}: {r['attack']}"
+                    lines.setdefault(label, []).append((r["eps"], r["robust_accuracy"]))
+        for label, points in lines.items():
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=attack)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
         ax.set_xlabel(f"ε ({run_norm}, pixel units)")
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         if lines:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{report.get('model', '')} on {report.get('dataset', '')} (n={report.get('n_samples')})",
-                 fontsize=10)
+    if len(reports) == 1:
+        title = f"{reports[0].get('model', '')} on {reports[0].get('dataset', '')} (n={reports[0].get('n_samples')})"
+    else:
+        title = f"{', '.join(sorted(attacks))} on {', '.join(sorted({str(r.get('dataset', '')) for r in reports}))}"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def save_robustness_curves(report: Mapping[str, Any], path: str | Path) -> Path:
-    """Write :func:`robustness_figure` as a PNG (640×480 pixels)."""
+def save_robustness_curves(report: Mapping[str, Any] | Sequence[Mapping[str, Any]], path: str | Path,
+                           labels: Sequence[str] | None = None) -> Path:
+    """Write :func:`robustness_figure` (one report, or several on shared axes) as a PNG (640×480 pixels)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    robustness_figure(report).savefig(path, format="png")
+    robustness_figure(report, labels).savefig(path, format="png")
     return path
 
 

@@ -130,3 +130,43 @@ def test_show_adversarial_cli_writes_a_grid_and_rejects_bad_input(glvq_run, tmp_
     result = runner.invoke(app, ["show", "adversarial", "--model", str(glvq_run), "--attack", "deepfool",
                                  "--norm", "Linf", "--out", str(tmp_path / "b.png")])
     assert isinstance(result.exception, ValueError) and "works in L2, not Linf" in str(result.exception)
+
+
+def _report(model, accuracies, attack="fgsm", norm="Linf"):
+    return {"model": model, "dataset": "mnist", "n_samples": 10,
+            "results": [{"attack": attack, "norm": norm, "eps": e, "robust_accuracy": a, "seconds": 0.0}
+                        for e, a in zip((0.0, 0.1, 0.2), accuracies)]}
+
+
+def test_curves_of_several_reports_share_the_axes_one_line_per_model():
+    from robustproto.evaluate import robustness_figure
+
+    (ax,) = robustness_figure([_report("a", (0.9, 0.5, 0.1)), _report("b", (0.8, 0.7, 0.6))], labels=["GLVQ", "Lip"]).axes
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines == {"GLVQ": [0.9, 0.5, 0.1], "Lip": [0.8, 0.7, 0.6]}
+    two = robustness_figure([_report("a", (0.9, 0.5, 0.1)), _report("b", (0.8, 0.7, 0.6), attack="pgd")])
+    assert {line.get_label() for line in two.axes[0].get_lines()} == {"a: fgsm", "b: pgd"}
+    panels = robustness_figure([_report("a", (0.9, 0.5, 0.1)), _report("a", (0.9, 0.8, 0.7), "fgm", "L2")]).axes
+    assert [ax.get_xlabel() for ax in panels] == ["ε (L2, pixel units)", "ε (Linf, pixel units)"]
+
+
+def test_show_curves_cli_reads_eval_reports(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from robustproto.cli import UserError, app
+
+    paths = []
+    for name, acc in (("m1", (0.9, 0.5, 0.1)), ("m2", (0.8, 0.7, 0.6))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(_report(name, acc)))
+    runner = CliRunner()
+    result = runner.invoke(app, ["show", "curves", *map(str, paths), "--out", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    assert matplotlib.image.imread(tmp_path / "c.png").shape[:2] == (480, 640)
+    result = runner.invoke(app, ["show", "curves", *map(str, paths), "--label", "only-one"])
+    assert isinstance(result.exception, UserError) and "one per report" in str(result.exception)
+    (tmp_path / "bad.json").write_text('{"model": "x"}')
+    result = runner.invoke(app, ["show", "curves", str(tmp_path / "bad.json")])
+    assert isinstance(result.exception, UserError) and "not a report" in str(result.exception)
