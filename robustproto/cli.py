@@ -249,8 +249,8 @@ def show_prototypes(
 def show_adversarial(
     model: str = typer.Option(..., "--model", help="Run folder of `robustproto train` (or its model.safetensors)."),
     attack: list[str] = typer.Option(..., "--attack", help="Attack name as in `robustproto eval` (repeatable)."),
-    eps: list[str] = typer.Option(None, "--eps", help="Budget(s) in pixel units, e.g. 0.1,0.3 (fixed-budget attacks; "
-                                                      "repeatable)."),
+    eps: list[str] = typer.Option(None, "--eps", help="Budgets in pixel units for fixed-budget attacks, e.g. 0.1,0.3 "
+                                                      "or 8/255."),
     norm: str = typer.Option("Linf", help="Linf or L2."),
     n_images: int = typer.Option(10, help="Correctly classified test images to attack."),
     dataset: str = typer.Option(None, help="Dataset to draw test images from. (default: the run's own)"),
@@ -259,14 +259,11 @@ def show_adversarial(
 ) -> None:
     """A grid of clean test images and their adversarial versions with predictions, per attack and ε."""
     from .checkpoint import load
+    from .evaluate import parse_eps
     from .show import plot_adversarial, run_data
 
-    try:
-        budgets = [float(e) for item in eps or [] for e in str(item).split(",") if e.strip()]
-    except ValueError:
-        raise UserError(f"--eps: expected numbers such as 0.1,0.3, got {eps}") from None
     data = run_data(model, "test", dataset, data_dir)
-    path = plot_adversarial(load(model), data, out, list(attack), budgets, norm=norm, n_images=n_images)
+    path = plot_adversarial(load(model), data, out, list(attack), parse_eps(eps) or [], norm=norm, n_images=n_images)
     typer.echo(f"wrote {path}")
 
 
