@@ -348,6 +348,9 @@ def _train(cfg: TrainConfig, accelerator) -> TrainResult:
         _TrainStep(model), optimizer, train_loader, test_loader)
     if regs:
         accelerator.register_for_checkpointing(*regs.values())
+    # Models and plugin state were built from the same seed everywhere; from here on each process draws its own
+    # noise (regularizer neighbours and projections, dropout, augmentation) so processes do not repeat each other.
+    set_seed(cfg.seed, device_specific=True)
 
     start_epoch, skip_batches, global_step, partial = 0, 0, 0, None
     history: list[dict[str, Any]] = []
