@@ -1,0 +1,471 @@
+"""Reproduce the four papers from recipes/ and compare with the numbers they report.
+
+    python benchmarks/reproduce.py --scale small                      # reduced runs, ~30 min on a 2-core CPU
+    python benchmarks/reproduce.py --scale full --data-dir DIR        # the recipes as written (a GPU)
+    python benchmarks/reproduce.py --scale small --only 'saralajew-*'
+
+Every recipe is trained with the Python API (``robustproto.train`` on the recipe's TrainConfig) and
+evaluated with the protocol of its ``[eval]`` table (``robustproto.evaluate``, and
+``robustproto.certify`` for Hein & Andriushchenko). ``full`` changes nothing in a recipe but the
+data folder; ``small`` shrinks the training data and epochs and the number of evaluated test points,
+and drops the attacks a 2-core CPU cannot afford (each reduction is listed in the report). Nothing
+about an attack's strength is changed to move a number.
+
+Data: MNIST from ``--data-dir`` (``DIR/MNIST/raw``, default ``../shared/data``); CIFAR-10 from
+``DIR/cifar-10-batches-py`` if present, else ``cifar10-jpg.zip`` (the JPEG copy, found in the data
+folder) unpacked once into ``runs/data/`` and read as an image folder; CIFAR-100 from
+``DIR/cifar-100-python`` (skipped, and said so, when absent).
+
+Writes ``benchmarks/results/REPRODUCTION.md`` (per paper a table: the paper's number, ours, the
+scale, the difference, and a sentence where they differ) and ``benchmarks/results/reproduction_<scale>.json``
+(every number). Trained models go to ``runs/reproduce-<scale>/<recipe>`` (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import platform
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import robustproto
+from robustproto.config import load_recipe, resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+INF = float("inf")
+
+# ------------------------------------------------------------------------------------------ the papers' numbers
+# Saralajew et al. 2019, Table 1: clean accuracy and median-δ per attack (our attack names) and worst case.
+# FGM's ∞ means the attack found no adversarial for most points. BIM (L2) is compared with our PGD-L2.
+_SARALAJEW = {
+    "glvq-1": (0.83, {"fgm": INF, "deepfool": 1.6, "pgd-l2": 1.5, "worst_case": 1.5},
+               {"fgsm": .17, "bim": .12, "mim": .12, "worst_case": .11}, {"L2": .49, "Linf": .02}),
+    "glvq-128": (0.95, {"fgm": INF, "deepfool": 2.3, "pgd-l2": 2.1, "worst_case": 2.1},
+                 {"fgsm": .29, "bim": .20, "mim": .19, "worst_case": .19}, {"L2": .68, "Linf": .05}),
+    "gmlvq-1": (0.88, {"fgm": 0.6, "deepfool": 0.5, "pgd-l2": 0.6, "worst_case": 0.5},
+                {"fgsm": .04, "bim": .04, "mim": .04, "worst_case": .03}, {"L2": .03, "Linf": .00}),
+    "gmlvq-49": (0.93, {"fgm": 0.8, "deepfool": 0.7, "pgd-l2": 0.7, "worst_case": 0.6},
+                 {"fgsm": .05, "bim": .05, "mim": .05, "worst_case": .04}, {"L2": .03, "Linf": .00}),
+    "gtlvq-1": (0.95, {"fgm": INF, "deepfool": 2.3, "pgd-l2": 2.1, "worst_case": 2.1},
+                {"fgsm": .22, "bim": .17, "mim": .17, "worst_case": .17}, {"L2": .68, "Linf": .03}),
+    "gtlvq-10": (0.97, {"fgm": INF, "deepfool": 2.5, "pgd-l2": 2.3, "worst_case": 2.2},
+                 {"fgsm": .25, "bim": .20, "mim": .20, "worst_case": .19}, {"L2": .77, "Linf": .04}),
+}
+# Serban et al. 2021, Tables 2 and 3 (ε = 8/255).
+_SERBAN = {"cifar10": (0.920, 0.513, 0.484), "cifar100": (0.717, 0.205, 0.200)}
+
+# ------------------------------------------------------------------------------------------ the small scale
+# What `--scale small` changes, per family: training overrides, and patches of the recipe's [eval] table
+# ("L2.attack" is the attack list of the [eval.L2] sub-table). Attack strengths (steps, restarts, queries)
+# are never changed: only which attacks run, and on how many test points. All of it goes into the report.
+SMALL: dict[str, dict[str, Any]] = {
+    "saralajew": {"train": {"max_train_samples": 12000, "max_test_samples": 2000, "epochs": 4, "init_samples": 10000},
+                  # FAB, Square and Gaussian noise (not attacks of the paper's Table 1) are left out for time, and
+                  # the per-point bisection refining fixed-budget distances does 3 steps instead of 6
+                  "eval": {"n_samples": 300, "bisection_steps": 3,
+                           "L2.attack": ["fgm", "deepfool", "pgd-l2", "cw"], "Linf.attack": ["fgsm", "bim", "mim"]}},
+    # only the robustness curve is compared: no bisection for minimal distances
+    "khalid-mnist": {"train": {"max_train_samples": 3000, "max_test_samples": 1000, "epochs": 2},
+                     "eval": {"n_samples": 1000, "bisection_steps": 0}},
+    "khalid-cifar10": {"train": {"max_train_samples": 4000, "max_test_samples": 1000, "epochs": 2},
+                       "eval": {"n_samples": 500, "bisection_steps": 0}},
+    "serban": {"train": {"max_train_samples": 1000, "max_test_samples": 200, "epochs": 1, "warmup_epochs": 0,
+                         "mixed_precision": "no"},
+               # PGD-100 and AutoAttack on a CPU ResNet-18 do not fit the budget
+               "eval": {"n_samples": 50, "attack": ["pgd-20"], "eps": [8 / 255, 16 / 255], "bisection_steps": 0}},
+    "hein": {"train": {"max_train_samples": 12000, "max_test_samples": 2000, "epochs": 4},
+             "eval": {"n_samples": 300, "certify.n_samples": 300}},
+}
+
+def family(name: str) -> str:
+    """``saralajew``, ``khalid-mnist``, ``khalid-cifar10``, ``serban`` or ``hein`` for a recipe name."""
+    paper = name.split("-")[0]
+    return f"{paper}-{name.split('-')[1]}" if paper == "khalid" else paper
+
+
+# ------------------------------------------------------------------------------------------ data
+def cifar10_source(data_dir: Path) -> dict[str, Any]:
+    """Config overrides that point a CIFAR-10 recipe at the data this machine has."""
+    if (data_dir / "cifar-10-batches-py").is_dir():
+        return {"dataset": "cifar10", "data_dir": str(data_dir)}
+    archive = data_dir / "cifar10-jpg.zip"
+    if not archive.is_file():
+        raise FileNotFoundError(f"no CIFAR-10 under {data_dir}: expected cifar-10-batches-py/ or cifar10-jpg.zip")
+    target = ROOT / "runs" / "data" / "cifar10-jpg"
+    if not (target / "test").is_dir():
+        partial = target.with_suffix(".partial")
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(partial)
+        partial.rename(target)
+    return {"dataset": "imagefolder", "data_dir": str(target)}
+
+
+def data_overrides(cfg: robustproto.TrainConfig, data_dir: Path) -> dict[str, Any] | None:
+    """Where the recipe's dataset lives here; ``None`` if this machine does not have it."""
+    if cfg.dataset == "mnist":
+        return {"data_dir": str(data_dir)}
+    if cfg.dataset == "cifar10":
+        return cifar10_source(data_dir)
+    if cfg.dataset == "cifar100":
+        return {"data_dir": str(data_dir)} if (data_dir / "cifar-100-python").is_dir() else None
+    return {}
+
+
+# ------------------------------------------------------------------------------------------ one experiment
+@dataclass
+class Outcome:
+    name: str
+    scale: str
+    config: dict[str, Any]
+    changes: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    test_acc: float | None = None
+    report: dict[str, Any] | None = None
+    certificate: dict[str, Any] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
+
+
+def run_experiment(path: Path, scale: str, data_dir: Path) -> Outcome:
+    name = path.stem
+    recipe = resolve_config(load_recipe(path))
+    data = data_overrides(recipe, data_dir)
+    if data is None:
+        return Outcome(name, scale, recipe.to_dict(),
+                       skipped=f"{recipe.dataset} is not under {data_dir} (no network to download it)")
+    changes = dict(SMALL[family(name)]["train"]) if scale == "small" else {}
+    cfg = recipe.replace(**data, **changes, output=str(ROOT / "runs" / f"reproduce-{scale}" / name))
+    started = time.perf_counter()
+    result = robustproto.train(cfg)
+    outcome = Outcome(name, scale, cfg.to_dict(), changes=changes, train_seconds=time.perf_counter() - started,
+                      test_acc=result.test_acc)
+    table = json.loads(json.dumps(dict(recipe.eval)))  # a deep copy
+    if scale == "small":
+        for dotted, value in SMALL[family(name)]["eval"].items():
+            *parents, key = dotted.split(".")
+            node = table
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[key] = value
+            outcome.changes[f"eval.{dotted}"] = value
+    outcome.report, outcome.certificate = evaluate_run(cfg, table)
+    outcome.summary = {"mean_adversarial_distance_L2": mean_adversarial_distance(outcome.report),
+                       "mean_certified_radius": mean_certified_radius(outcome.certificate)}
+    return outcome
+
+
+def evaluate_run(cfg: robustproto.TrainConfig, table: dict[str, Any]) -> tuple[dict, dict | None]:
+    """A recipe's ``[eval]`` table run through the Python API, as ``robustproto eval``/``certify --config`` run it:
+    (eval report, certificate or None)."""
+    from robustproto.evaluate import EvalSettings
+    from robustproto.show import run_data
+
+    model = robustproto.load(cfg.output)
+    settings = EvalSettings.resolve(table)
+    data = run_data(cfg.output, "test", max_samples=settings.n_samples)
+    report = robustproto.evaluate(model, data, attacks=dict(settings.attacks), eps=dict(settings.eps),
+                                  batch_size=settings.batch_size, attack_options=settings.attack_options,
+                                  thresholds=settings.thresholds, bisection_steps=settings.bisection_steps,
+                                  model_name=Path(cfg.output).name, dataset_name=data.name,
+                                  log=lambda line: print("  " + line, flush=True))
+    certificate = None
+    if "certify" in table:
+        spec = table["certify"]
+        data = run_data(cfg.output, "test", max_samples=spec.get("n_samples"))
+        certificate = robustproto.certify(model, data, norm=spec.get("norm", "L2"),
+                                          model_name=Path(cfg.output).name, dataset_name=data.name)
+        certificate.pop("radii_global", None)  # keep the JSON small: the reported radii are enough
+        certificate.pop("radii_local", None)
+    return report, certificate
+
+
+# ------------------------------------------------------------------------------------------ comparison
+def _fmt(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if math.isinf(value):
+        return "∞"
+    return f"{100 * value:.1f} %" if percent else f"{value:.3g}"
+
+
+def _diff(ours: Any, paper: Any, percent: bool = False) -> str:
+    if not isinstance(ours, (int, float)) or not isinstance(paper, (int, float)):
+        return "—"
+    if math.isinf(ours) or math.isinf(paper):
+        return "—" if ours == paper else "n/a"
+    d = ours - paper
+    return f"{100 * d:+.1f} pts" if percent else f"{d:+.3g}"
+
+
+def _robust_accuracy(report: dict | None, attack: str, eps: float) -> float | None:
+    for row in (report or {}).get("results", []):
+        if row["attack"] == attack and math.isclose(row["eps"], eps, rel_tol=1e-6, abs_tol=1e-9):
+            return row["robust_accuracy"]
+    return None
+
+
+def _median(report: dict | None, norm: str, attack: str) -> float | None:
+    return ((report or {}).get("median_distance") or {}).get(norm, {}).get(attack)
+
+
+def _threshold(report: dict | None, norm: str) -> float | None:
+    found = ((report or {}).get("threshold_accuracy") or {}).get(norm)
+    return found.get("worst_case") if isinstance(found, dict) else found
+
+
+Row = tuple  # (experiment, quantity, paper, ours, percent)
+
+
+def saralajew_rows(outcomes: dict[str, Outcome]) -> list[Row]:
+    rows = []
+    for key, (acc, l2, linf, thresholds) in _SARALAJEW.items():
+        out = outcomes.get(f"saralajew-{key}")
+        if out is None:
+            continue
+        report = out.report
+        rows.append((out.name, "clean accuracy", acc, report and report.get("clean_accuracy"), True))
+        for attack, value in l2.items():
+            rows.append((out.name, f"median-δ L2 {attack}", value, _median(report, "L2", attack), False))
+        for attack, value in linf.items():
+            rows.append((out.name, f"median-δ L∞ {attack}", value, _median(report, "Linf", attack), False))
+        rows.append((out.name, "threshold acc. L2 worst case (t₂ = 1.5)", thresholds["L2"],
+                     _threshold(report, "L2"), True))
+        rows.append((out.name, "threshold acc. L∞ worst case (t∞ = 0.3)", thresholds["Linf"],
+                     _threshold(report, "Linf"), True))
+    return rows
+
+
+KHALID_EPS = {"mnist": (0.1, 0.2, 0.3), "cifar10": (0.01, 0.03, 0.1)}
+
+
+def khalid_rows(outcomes: dict[str, Outcome]) -> list[Row]:
+    rows = []
+    for data, clean in (("mnist", "ca. 98 %"), ("cifar10", "ca. 70 %")):
+        for head in ("linear", "glvq"):
+            for suffix in ("", "-lipschitz"):
+                out = outcomes.get(f"khalid-{data}-{head}{suffix}")
+                if out is None:
+                    continue
+                rows.append((out.name, "clean accuracy", clean, out.report and out.report.get("clean_accuracy"), True))
+                for eps in KHALID_EPS[data]:
+                    paper = "highest of 4" if head == "glvq" and suffix else "curve only"
+                    rows.append((out.name, f"FGSM accuracy, ε = {eps}", paper,
+                                 _robust_accuracy(out.report, "fgsm", eps), True))
+    return rows
+
+
+def serban_rows(outcomes: dict[str, Outcome]) -> list[Row]:
+    rows = []
+    for data, (clean, pgd20, pgd100) in _SERBAN.items():
+        out = outcomes.get(f"serban-{data}-repulsive")
+        if out is None:
+            continue
+        if out.skipped:
+            rows.append((out.name, "not run", "", out.skipped, False))
+            continue
+        report = out.report
+        rows.append((out.name, "clean accuracy", clean, report and report.get("clean_accuracy"), True))
+        rows.append((out.name, "PGD-20, ε = 8/255", pgd20, _robust_accuracy(report, "pgd-20", 8 / 255), True))
+        rows.append((out.name, "PGD-100, ε = 8/255", pgd100, _robust_accuracy(report, "pgd-100", 8 / 255), True))
+        rows.append((out.name, "AutoAttack, ε = 8/255", "not run", _robust_accuracy(report, "autoattack", 8 / 255),
+                     True))
+        rows.append((out.name, "PGD-20, ε = 16/255", "> 0.6 × ε=8 value",
+                     _robust_accuracy(report, "pgd-20", 16 / 255), True))
+    return rows
+
+
+def hein_rows(outcomes: dict[str, Outcome]) -> list[Row]:
+    rows = []
+    for variant in ("none", "weight-decay", "dropout", "cross-lipschitz"):
+        out = outcomes.get(f"hein-mnist-mlp-{variant}")
+        if out is None:
+            continue
+        paper = "largest of 4" if variant == "cross-lipschitz" else "plot only"
+        rows.append((out.name, "clean accuracy", "plot only", out.report and out.report.get("clean_accuracy"), True))
+        rows.append((out.name, "mean L2 adversarial distance (upper bound)", paper,
+                     out.summary.get("mean_adversarial_distance_L2"), False))
+        rows.append((out.name, "mean certified radius (lower bound)", paper, out.summary.get("mean_certified_radius"),
+                     False))
+    return rows
+
+
+def mean_certified_radius(certificate: dict | None) -> float | None:
+    """Mean certified L2 radius over the certified points (0 for misclassified ones)."""
+    radii = (certificate or {}).get("radii")
+    return sum(radii) / len(radii) if radii else None
+
+
+def mean_adversarial_distance(report: dict | None) -> float | None:
+    """Mean over the points where an attack succeeded of the smallest L2 adversarial distance found (the paper's
+    upper bound; 0 for misclassified points). ``None`` without L2 attacks."""
+    distances = ((report or {}).get("distances") or {}).get("L2", {}).get("worst_case")
+    if not distances:
+        return None
+    finite = [d for d in distances if math.isfinite(d)]
+    return sum(finite) / len(finite) if finite else INF
+
+
+PAPERS = [
+    ("Saralajew, Holdijk, Rees & Villmann 2019 — GLVQ, GMLVQ, GTLVQ on MNIST pixels (Table 1)", saralajew_rows),
+    ("Khalid & Paaßen 2025 — CNN + {linear, GLVQ} × {none, Lipschitz} (Fig. 2, curves only)", khalid_rows),
+    ("Serban, Poll & Visser 2021 — ResNet-18 + deep repulsive prototypes (Tables 2, 3)", serban_rows),
+    ("Hein & Andriushchenko 2017 — one-hidden-layer softplus MLP on MNIST (Fig. 2, plots only)", hein_rows),
+]
+
+
+def checks(outcomes: dict[str, Outcome]) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets: (statement, passed or None when not measured, the numbers behind it)."""
+    def clean(name):
+        out = outcomes.get(name)
+        return out.report.get("clean_accuracy") if out and out.report else None
+
+    def deepfool(name):
+        out = outcomes.get(name)
+        return _median(out.report, "L2", "deepfool") if out else None
+
+    found = []
+    for name, paper in (("saralajew-glvq-1", 0.83), ("saralajew-gtlvq-1", 0.95)):
+        acc = clean(name)
+        found.append((f"{name}: clean accuracy within 5 points of the paper's {paper:.0%}",
+                      None if acc is None else abs(acc - paper) <= 0.05, _fmt(acc, True)))
+    for per_class in ("1", "multi"):
+        names = {h: f"saralajew-{h}-{n}" for h, n in (("glvq", "1"), ("gmlvq", "1"), ("gtlvq", "1"))} \
+            if per_class == "1" else {"glvq": "saralajew-glvq-128", "gmlvq": "saralajew-gmlvq-49",
+                                      "gtlvq": "saralajew-gtlvq-10"}
+        d = {h: deepfool(n) for h, n in names.items()}
+        ok = None if None in d.values() else d["gmlvq"] < d["glvq"] and d["gmlvq"] < d["gtlvq"]
+        found.append((f"GMLVQ's DeepFool-L2 median-δ below GLVQ's and GTLVQ's ({per_class} prototype(s) per class)",
+                      ok, ", ".join(f"{h} {_fmt(v)}" for h, v in d.items())))
+    for eps in KHALID_EPS["mnist"]:
+        accs = {n: _robust_accuracy(outcomes[n].report, "fgsm", eps) for n in outcomes
+                if n.startswith("khalid-mnist-")}
+        ok = None if len(accs) < 4 or None in accs.values() else \
+            accs["khalid-mnist-glvq-lipschitz"] == max(accs.values())
+        found.append((f"Khalid & Paaßen MNIST: Lipschitz-GLVQ has the highest FGSM accuracy of the four at ε = {eps}",
+                      ok, ", ".join(f"{n.removeprefix('khalid-mnist-')} {_fmt(a, True)}" for n, a in accs.items())))
+    cl, wd = (outcomes.get(f"hein-mnist-mlp-{v}") for v in ("cross-lipschitz", "weight-decay"))
+    r_cl, r_wd = (o.summary.get("mean_certified_radius") if o else None for o in (cl, wd))
+    found.append(("Hein & Andriushchenko: Cross-Lipschitz has a larger mean certified radius than weight decay",
+                  None if None in (r_cl, r_wd) else r_cl > r_wd, f"cross-lipschitz {_fmt(r_cl)}, weight decay {_fmt(r_wd)}"))
+    return found
+
+
+def _scale_text(out: Outcome) -> str:
+    if out.scale == "full":
+        return "full"
+    keys = ("max_train_samples", "epochs", "eval.n_samples")
+    return "small: " + ", ".join(f"{k.removeprefix('eval.').replace('max_train_samples', 'train')} "
+                                 f"{out.changes[k]}" for k in keys if k in out.changes)
+
+
+def _without_per_sample_distances(record: dict[str, Any]) -> dict[str, Any]:
+    """The outcome for the JSON file: per-sample distances dropped (the medians and means stay), ∞ as "inf"."""
+    from robustproto.evaluate import _jsonable
+
+    record = dict(record)
+    if record.get("report"):
+        record["report"] = {k: v for k, v in record["report"].items() if k != "distances"}
+    return _jsonable(record)
+
+
+def write_results(outcomes_list: list[Outcome], args) -> Path:
+    outcomes = {o.name: o for o in outcomes_list}
+    args.results.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    payload = {
+        "scale": args.scale, "device": device, "torch": torch.__version__, "robustproto": robustproto.__version__,
+        "small_changes": SMALL if args.scale == "small" else None,
+        "experiments": {o.name: _without_per_sample_distances(o.__dict__) for o in outcomes_list},
+        "checks": [{"target": t, "passed": ok, "measured": m} for t, ok, m in checks(outcomes)],
+    }
+    json_path = args.results / f"reproduction_{args.scale}.json"
+    json_path.write_text(json.dumps(payload, indent=1, default=str))
+
+    lines = [f"# Reproducing the papers ({args.scale} scale)", "",
+             f"Written by `python benchmarks/reproduce.py --scale {args.scale}` on {device}, torch {torch.__version__},"
+             f" robustproto {robustproto.__version__}. Every number: `{json_path.name}`.", ""]
+    lines += NOTES.get(("intro", args.scale), [])
+    for title, make_rows in PAPERS:
+        rows = make_rows(outcomes)
+        if not rows:
+            continue
+        lines += ["", f"## {title}", "", "| experiment | quantity | paper | ours | scale | difference |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, quantity, paper, ours, percent in rows:
+            lines.append(f"| {name} | {quantity} | {_fmt(paper, percent)} | {_fmt(ours, percent)} | "
+                         f"{_scale_text(outcomes[name])} | {_diff(ours, paper, percent)} |")
+        lines += [""] + NOTES.get((title.split(" ")[0].rstrip(","), args.scale), [])
+    lines += ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
+    for target, ok, measured in checks(outcomes):
+        lines.append(f"| {target} | {measured} | {'—' if ok is None else 'yes' if ok else '**no**'} |")
+    lines += ["", "## Runs", "", "| experiment | train seconds | test acc. after training | changes (small scale) |",
+              "| --- | --- | --- | --- |"]
+    for o in outcomes_list:
+        changes = o.skipped or ", ".join(f"{k}={v}" for k, v in o.changes.items()) or "none"
+        lines.append(f"| {o.name} | {o.train_seconds:.0f} | {_fmt(o.test_acc, True)} | {changes} |")
+    md_path = args.results / "REPRODUCTION.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {md_path} and {json_path}")
+    return md_path
+
+
+# Sentences on why our numbers differ from the papers', per (paper, scale); written after looking at the runs.
+NOTES: dict[tuple[str, str], list[str]] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=("small", "full"), required=True)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--only", default="*", help="glob on recipe names, e.g. 'saralajew-*'")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    recipes = [p for p in sorted(RECIPES.glob("*.toml")) if fnmatch.fnmatch(p.stem, args.only)]
+    if not recipes:
+        parser.error(f"--only {args.only!r} matches no recipe in {RECIPES}")
+    earlier = load_outcomes(args.results / f"reproduction_{args.scale}.json")
+    started = time.perf_counter()
+    for path in recipes:
+        print(f"== {path.stem} ({args.scale})", flush=True)
+        earlier[path.stem] = run_experiment(path, args.scale, args.data_dir)
+        print(f"   done after {time.perf_counter() - started:.0f} s", flush=True)
+        write_results([earlier[p.stem] for p in sorted(RECIPES.glob("*.toml")) if p.stem in earlier], args)
+    return 0
+
+
+def load_outcomes(path: Path) -> dict[str, Outcome]:
+    """The experiments of an earlier run of the same scale (so ``--only`` updates a part of the report)."""
+    if not path.is_file():
+        return {}
+    def restore(obj):
+        if obj == "inf":
+            return INF
+        if isinstance(obj, dict):
+            return {k: restore(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [restore(v) for v in obj]
+        return obj
+
+    stored = restore(json.loads(path.read_text()))["experiments"]
+    return {name: Outcome(**record) for name, record in stored.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
