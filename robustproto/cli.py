@@ -82,7 +82,7 @@ def _run_folder(model: str | None, recipe: dict) -> str:
 @app.command("eval")
 def eval_command(
     model: str = typer.Option(None, "--model", help="Run folder of `robustproto train`. (default: the recipe's output)"),
-    config: str = typer.Option(None, "--config", help="Recipe TOML; its [eval] table gives the defaults below."),
+    config: str = typer.Option(None, "--config", help="Recipe TOML; its \\[eval] table gives the defaults below."),
     dataset: str = typer.Option(None, help="Test data. (default: the run's own)"),
     data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
     attack: list[str] = typer.Option(None, "--attack", help="fgsm, fgm, bim, mim, pgd, pgd-l2, deepfool, cw, fab, "
@@ -126,7 +126,7 @@ def eval_command(
 @app.command("certify")
 def certify_command(
     model: str = typer.Option(None, "--model", help="Run folder of `robustproto train`. (default: the recipe's output)"),
-    config: str = typer.Option(None, "--config", help="Recipe TOML; its [eval.certify] table gives the defaults."),
+    config: str = typer.Option(None, "--config", help="Recipe TOML; its \\[eval.certify] table gives the defaults."),
     dataset: str = typer.Option(None, help="Test data. (default: the run's own)"),
     data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
     norm: str = typer.Option(None, help="L2 (the only norm certified). (default: L2)"),
