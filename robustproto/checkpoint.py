@@ -37,6 +37,12 @@ STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)``, then move the result onto ``path`` in one step."""
     path = Path(path)
@@ -45,6 +51,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -117,3 +117,14 @@ def test_weights_hash_sees_buffers(run):
     before = weights_sha256(model)
     model.head.steps += 1
     assert weights_sha256(model) != before
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from robustproto.checkpoint import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask
