@@ -372,6 +372,25 @@ def checks(outcomes: dict[str, Outcome]) -> list[tuple[str, bool | None, str]]:
     return found
 
 
+def summary_rows(outcomes: dict[str, Outcome]) -> list[tuple[str, str, str, str, str, str]]:
+    """One line per experiment: (experiment, clean paper, clean ours, measure, its paper value, ours)."""
+    rows = []
+    for name, out in outcomes.items():
+        paper_rows = {quantity: (paper, ours, percent) for _, quantity, paper, ours, percent in
+                      next(make(outcomes) for title, make in PAPERS if title.split(" ")[0].rstrip(",").lower()
+                           .startswith(name.split("-")[0])) if _ == name}
+        if out.skipped:
+            rows.append((name, "", "", "not run", "", out.skipped))
+            continue
+        clean = next((v for k, v in paper_rows.items() if k.startswith("clean accuracy")), ("", None, True))
+        key = {"saralajew": "median-δ L2 deepfool",
+               "khalid": f"FGSM accuracy, ε = {KHALID_EPS['mnist' if '-mnist-' in name else 'cifar10'][0]}",
+               "serban": "PGD-20, ε = 8/255", "hein": "mean certified radius (lower bound)"}[name.split("-")[0]]
+        paper, ours, percent = paper_rows.get(key, ("", None, False))
+        rows.append((name, _fmt(clean[0], True), _fmt(clean[1], True), key, _fmt(paper, percent), _fmt(ours, percent)))
+    return rows
+
+
 def _scale_text(out: Outcome) -> str:
     if out.scale == "full":
         return "full"
@@ -408,6 +427,9 @@ def write_results(outcomes_list: list[Outcome], args) -> Path:
              f"Written by `python benchmarks/reproduce.py --scale {args.scale}` on {device}, torch {torch.__version__},"
              f" robustproto {robustproto.__version__}. Every number: `{json_path.name}`.", ""]
     lines += NOTES.get(("intro", args.scale), [])
+    lines += ["", "## Summary", "", "| experiment | clean acc. paper | clean acc. ours | measure | paper | ours |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {' | '.join(row)} |" for row in summary_rows(outcomes)]
     for title, make_rows in PAPERS:
         rows = make_rows(outcomes)
         if not rows:
