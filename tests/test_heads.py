@@ -48,18 +48,24 @@ def grads_finite(head, z):
     return bool(z.grad.isfinite().all()) and all(bool(g.isfinite().all()) for g in params)
 
 
+def backward_through(head, z, y):
+    """Scores and loss of ``head`` on ``z``, with the loss backpropagated to ``z`` and the head."""
+    z.requires_grad_(True)
+    scores = head(z)
+    loss = head.loss(z, scores, y)
+    loss.backward()
+    return scores, loss
+
+
 # --- the contract, for every head ---------------------------------------------------------------
 
 @pytest.mark.parametrize("name", HEADS)
 def test_forward_loss_backward(name, batch):
     z, y = batch
-    z.requires_grad_(True)
     head = make(name)
-    scores = head(z)
+    scores, loss = backward_through(head, z, y)
     assert scores.shape == (16, CLASSES)
-    loss = head.loss(z, scores, y)
     assert loss.ndim == 0 and loss.isfinite()
-    loss.backward()
     assert grads_finite(head, z) and z.grad.abs().sum() > 0
 
 
@@ -128,10 +134,7 @@ def test_lvq_degenerate_cases_have_no_nan(name, case, batch):
             z = torch.zeros_like(z)
         else:
             y = torch.zeros_like(y)
-    z.requires_grad_(True)
-    scores = head(z)
-    loss = head.loss(z, scores, y)
-    loss.backward()
+    scores, loss = backward_through(head, z, y)
     assert scores.isfinite().all() and loss.isfinite() and grads_finite(head, z)
     if head.has_margin:
         assert not head.margin(z.detach()).isnan().any()
@@ -150,10 +153,7 @@ def test_repulsive_degenerate_cases_have_no_nan(options, case, batch):
         z = head.prototypes[y].clone()
     else:
         y = torch.zeros_like(y)
-    z.requires_grad_(True)
-    scores = head(z)
-    loss = head.loss(z, scores, y)
-    loss.backward()
+    scores, loss = backward_through(head, z, y)
     assert scores.isfinite().all() and loss.isfinite() and z.grad.isfinite().all()
     if case == "on_prototype":
         assert loss.item() < 1e-5
