@@ -146,7 +146,9 @@ class Outcome:
     skipped: str | None = None
 
 
-def run_experiment(path: Path, scale: str, data_dir: Path, runs: Path) -> Outcome:
+def plan_experiment(path: Path, scale: str, data_dir: Path, runs: Path):
+    """What ``run_experiment`` runs for a recipe: (TrainConfig, its changes for the scale, the ``[eval]`` table),
+    or a skipped Outcome when this machine does not have the recipe's data."""
     name = path.stem
     recipe = resolve_config(load_recipe(path))
     data = data_overrides(recipe, data_dir)
@@ -155,10 +157,6 @@ def run_experiment(path: Path, scale: str, data_dir: Path, runs: Path) -> Outcom
                        skipped=f"{recipe.dataset} is not under {data_dir} (no network to download it)")
     changes = dict(SMALL[family(name)]["train"]) if scale == "small" else {}
     cfg = recipe.replace(**data, **changes, output=str(runs / name))
-    started = time.perf_counter()
-    result = robustproto.train(cfg)
-    outcome = Outcome(name, scale, cfg.to_dict(), changes=changes, train_seconds=time.perf_counter() - started,
-                      test_acc=result.test_acc)
     table = json.loads(json.dumps(dict(recipe.eval)))  # a deep copy
     if scale == "small":
         for dotted, value in SMALL[family(name)]["eval"].items():
@@ -167,7 +165,19 @@ def run_experiment(path: Path, scale: str, data_dir: Path, runs: Path) -> Outcom
             for parent in parents:
                 node = node.setdefault(parent, {})
             node[key] = value
-            outcome.changes[f"eval.{dotted}"] = value
+            changes[f"eval.{dotted}"] = value
+    return cfg, changes, table
+
+
+def run_experiment(path: Path, scale: str, data_dir: Path, runs: Path) -> Outcome:
+    planned = plan_experiment(path, scale, data_dir, runs)
+    if isinstance(planned, Outcome):
+        return planned
+    cfg, changes, table = planned
+    started = time.perf_counter()
+    result = robustproto.train(cfg)
+    outcome = Outcome(path.stem, scale, cfg.to_dict(), changes=changes, train_seconds=time.perf_counter() - started,
+                      test_acc=result.test_acc)
     outcome.report, outcome.certificate = evaluate_run(cfg, table)
     outcome.summary = {"mean_adversarial_distance_L2": mean_adversarial_distance(outcome.report),
                        "mean_certified_radius": mean_certified_radius(outcome.certificate)}

@@ -1,0 +1,61 @@
+"""benchmarks/reproduce.py: what each scale runs for every recipe is a valid training config and eval protocol."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from robustproto.config import load_recipe, resolve_config
+from robustproto.evaluate import EvalSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setitem(sys.modules, "reproduce", module)  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    monkeypatch.undo()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data folder that has every dataset the recipes name (CIFAR in torchvision's layout, so nothing unpacks)."""
+    for name in ("MNIST", "cifar-10-batches-py", "cifar-100-python"):
+        (tmp_path / name).mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_full_scale_runs_the_recipe_as_written(reproduce, data_dir, tmp_path, path):
+    recipe = resolve_config(load_recipe(path))
+    cfg, changes, table = reproduce.plan_experiment(path, "full", data_dir, tmp_path / "runs")
+    assert changes == {} and table == dict(recipe.eval)
+    differing = {k for k, v in cfg.to_dict().items() if recipe.to_dict()[k] != v}
+    assert differing == {"data_dir", "output"}
+    assert cfg.data_dir == str(data_dir) and cfg.output == str(tmp_path / "runs" / path.stem)
+
+
+def test_small_scale_shrinks_every_recipe_into_a_valid_protocol(reproduce, data_dir, tmp_path):
+    shared_table = copy.deepcopy(reproduce.SMALL)
+    for path in RECIPES:
+        recipe = resolve_config(load_recipe(path))
+        cfg, changes, table = reproduce.plan_experiment(path, "small", data_dir, tmp_path / "runs")
+        settings = EvalSettings.resolve(table)  # as `robustproto eval --config` would
+        assert settings.n_samples < EvalSettings.resolve(recipe.eval).n_samples, path.stem
+        assert cfg.epochs < recipe.epochs and cfg.max_train_samples, path.stem
+        for key, value in changes.items():  # every change is applied, and listed in the report
+            if not key.startswith("eval."):
+                assert getattr(cfg, key) == value
+        # which attacks run may change, never their strength (steps, restarts, queries)
+        assert settings.attack_options == EvalSettings.resolve(recipe.eval).attack_options
+    assert reproduce.SMALL == shared_table  # planning one recipe never changes another's
