@@ -7,7 +7,7 @@ Both sides, interleaved and repeated (best of ``--repeats``), in one run:
 - robustproto: ``robustproto.evaluate(model, (x, y), attacks=["pgd-20"], eps=[eps], bisection_steps=0)``, which
   also runs the clean pass, attacks only the correctly classified points and re-checks every output.
 
-Prints a table and the overhead ratio (target ≤ 1.10) and writes JSON next to this file.
+Prints a table and the overhead ratio (target ≤ 1.10) and writes benchmarks/results/eval_speed.json.
 
     python benchmarks/eval_speed.py [--backbone flatten] [--n 512] [--batch-size 128] [--repeats 3]
 """
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_speed.json"))
     args = parser.parse_args()
 
     from robustproto.data import load_split

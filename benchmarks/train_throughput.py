@@ -9,7 +9,7 @@ does: other processes on the machine only ever slow a run down); the median is p
 
     python benchmarks/train_throughput.py --backbone resnet18 --heads linear,glvq,gtlvq,repulsive
 
-Prints a table and writes JSON next to this file (or to --json).
+Prints a table and writes benchmarks/results/train_throughput.json (or --json).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=str(Path(__file__).with_suffix(".json")))
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     args = parser.parse_args()
 
     heads = [h for h in args.heads.split(",") if h]
