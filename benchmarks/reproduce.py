@@ -507,10 +507,9 @@ NOTES: dict[tuple[str, str], list[str]] = {
         "report, L = 0.0204 (L = 1 on per-pixel mean squared distances) made Lipschitz training help the linear head",
         "(FGSM accuracy 91 % at ε = 0.1, 73 % at 0.2) but not GLVQ, for the same reason; with 3 epochs on all 60 000",
         "images Lipschitz-GLVQ stayed below plain GLVQ at ε = 0.1 and 0.2. The CIFAR-10 runs (2 epochs on 4000 images,",
-        "14 to 44 % clean) are near",
-        "their first epoch and the penalty at weight 10 slows the fit further (Lipschitz-GLVQ: 19 % after 4 epochs on",
-        "10 000 images in a trial); they say nothing about the paper's claim. FGSM at ε ≥ 1 gives the same image",
-        "(clipping), so the MNIST curve is flat from there.",
+        "14 to 44 % clean) are near their first epoch and the penalty at weight 10 slows the fit further",
+        "(Lipschitz-GLVQ: 19 % after 4 epochs on 10 000 images in a trial); they say nothing about the paper's claim.",
+        "FGSM at ε ≥ 1 gives the same image (clipping), so the MNIST curve is flat from there.",
     ],
     ("Serban", "small"): [
         "One epoch of a CPU ResNet-18 on 1000 images (20 % clean accuracy) cannot show the paper's robustness: PGD-20",
