@@ -40,7 +40,8 @@ def test_full_scale_runs_the_recipe_as_written(reproduce, data_dir, tmp_path, pa
     recipe = resolve_config(load_recipe(path))
     cfg, changes, table = reproduce.plan_experiment(path, "full", data_dir, tmp_path / "runs")
     assert changes == {} and table == dict(recipe.eval)
-    differing = {k for k, v in cfg.to_dict().items() if recipe.to_dict()[k] != v}
+    as_written = recipe.to_dict()
+    differing = {k for k, v in cfg.to_dict().items() if as_written[k] != v}
     assert differing == {"data_dir", "output"}
     assert cfg.data_dir == str(data_dir) and cfg.output == str(tmp_path / "runs" / path.stem)
 
@@ -51,11 +52,12 @@ def test_small_scale_shrinks_every_recipe_into_a_valid_protocol(reproduce, data_
         recipe = resolve_config(load_recipe(path))
         cfg, changes, table = reproduce.plan_experiment(path, "small", data_dir, tmp_path / "runs")
         settings = EvalSettings.resolve(table)  # as `robustproto eval --config` would
-        assert settings.n_samples < EvalSettings.resolve(recipe.eval).n_samples, path.stem
+        as_written = EvalSettings.resolve(recipe.eval)
+        assert settings.n_samples < as_written.n_samples, path.stem
         assert cfg.epochs < recipe.epochs and cfg.max_train_samples, path.stem
         for key, value in changes.items():  # every change is applied, and listed in the report
             if not key.startswith("eval."):
                 assert getattr(cfg, key) == value
         # which attacks run may change, never their strength (steps, restarts, queries)
-        assert settings.attack_options == EvalSettings.resolve(recipe.eval).attack_options
+        assert settings.attack_options == as_written.attack_options
     assert reproduce.SMALL == shared_table  # planning one recipe never changes another's
