@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -77,6 +79,191 @@ def test_unsupported_layers_are_named():
         LayerOperator(nn.Linear(2, 2), "bogus")
 
 
+# --- lipschitz_upper_bound --------------------------------------------------------------------------------------
+#
+# The reference is the true L2 → L2 constant: for an affine embedding the spectral norm of its matrix, built
+# column by column from the basis images in float64; for max pooling a pair of images that attains the bound.
+# Each case states how far above the truth the bound may be, so a wrong factor fails.
+
+EXACT = 1 + 1e-5  # the bound's own margin against rounding is 1e-6: anything above this is a wrong factor
+IMAGE = (1, 2, 3)  # the linear cases: 6 pixels, embedded in 4 dimensions
+
+
+def orthogonal(n: int, seed: int, first_column: torch.Tensor | None = None) -> torch.Tensor:
+    """A random orthogonal n×n matrix in float64; its first column is ±first_column/‖first_column‖ when given."""
+    columns = torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    if first_column is not None:
+        columns[:, 0] = first_column
+    return torch.linalg.qr(columns)[0]
+
+
+V = orthogonal(6, seed=1)  # right singular vectors of the embedding layer
+U = orthogonal(4, seed=2, first_column=torch.ones(4))  # its left ones: the top one is constant (see "h + mean(h)")
+W = orthogonal(4, seed=3)
+
+
+def linear(left: torch.Tensor, singular_values, right: torch.Tensor) -> nn.Linear:
+    """A float64 linear layer with weight ``left[:, :k] · diag(singular_values) · right[:, :k]ᵀ`` (largest value
+    first): layers that share singular vectors compose and add with a known norm, that of the top direction."""
+    values = torch.tensor(singular_values, dtype=torch.float64)
+    weight = left[:, :len(values)] * values @ right[:, :len(values)].t()
+    layer = nn.Linear(weight.shape[1], weight.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    return layer
+
+
+def embedding_layer() -> nn.Linear:
+    """``h = A·x`` with ``‖A‖ = 3``, reached at ``x = V[:, 0]``, ``h ∝ U[:, 0]``."""
+    return linear(U, [3.0, 2.0, 1.0, 0.5], V)
+
+
+class Net(nn.Module):
+    """A backbone ``combine(x, *layers)``: torch.fx traces through ``combine``, the layers stay leaves."""
+
+    def __init__(self, combine, *layers: nn.Module):
+        super().__init__()
+        self.combine = combine
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x):
+        return self.combine(x, *self.layers)
+
+
+def of_h(fn):
+    """``combine`` that computes ``h = A·x`` once (the first layer, on the flattened image), then ``fn(h, *others)``."""
+    return lambda x, a, *others: fn(a(x.flatten(1)), *others)
+
+
+def add_in_place(h):
+    h += h
+    return h
+
+
+def concatenated(x, a, g):
+    x = x.flatten(1)
+    return torch.cat([a(x), g(x)], dim=1)
+
+
+def conv_batchnorm() -> nn.Sequential:
+    """A convolution and an eval-mode BatchNorm with running statistics far from the identity."""
+    conv, bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.1, 2.0)
+        bn.weight.uniform_(0.5, 2.0)
+    return nn.Sequential(conv, bn, nn.Flatten())
+
+
+CASES = {  # name: (backbone factory, image size, normalisation std, bound / true constant at most); truth in comments
+    # compositions of layers with shared singular vectors: the product of the norms is the norm of the product
+    "B(A x)": (lambda: Net(of_h(lambda h, b: b(h)), embedding_layer(), linear(W, [2.0, 1.0, 0.5], U)),
+               IMAGE, [1.0], EXACT),  # 2·3
+    "A x, std 0.5": (lambda: Net(of_h(lambda h: h), embedding_layer()), IMAGE, [0.5], EXACT),  # 3 / 0.5
+    "x, std (0.5, 0.25)": (lambda: Net(lambda x: x.flatten(1)), (2, 1, 3), [0.5, 0.25], EXACT),  # 1 / min std
+    # an operand counts once per use, however the sum is spelled
+    "h + h": (lambda: Net(of_h(lambda h: h + h), embedding_layer()), IMAGE, [1.0], EXACT),  # 2·3
+    "torch.add(h, h)": (lambda: Net(of_h(lambda h: torch.add(h, h)), embedding_layer()), IMAGE, [1.0], EXACT),
+    "h.add(h)": (lambda: Net(of_h(lambda h: h.add(h)), embedding_layer()), IMAGE, [1.0], EXACT),
+    "h.add_(h)": (lambda: Net(of_h(lambda h: h.add_(h)), embedding_layer()), IMAGE, [1.0], EXACT),
+    "h += h": (lambda: Net(of_h(add_in_place), embedding_layer()), IMAGE, [1.0], EXACT),
+    # residuals: C = U diag(±1.5, …) Uᵀ stretches A's top direction, so ‖(I ± C)A‖ = (1 + 1.5)·3 = 1 + ‖C‖ times ‖A‖
+    "h + C h": (lambda: Net(of_h(lambda h, c: h + c(h)), embedding_layer(), linear(U, [1.5, 1.0, 0.5, 0.25], U)),
+                IMAGE, [1.0], EXACT),
+    "h - C h": (lambda: Net(of_h(lambda h, c: h - c(h)), embedding_layer(), linear(U, [-1.5, -1.0, -0.5], U)),
+                IMAGE, [1.0], EXACT),
+    # the mean is repeated 4× by broadcasting: (I + 11ᵀ/4) doubles the constant top direction of h: 2·3
+    "h + mean(h)": (lambda: Net(of_h(lambda h: h + h.mean(1, keepdim=True)), embedding_layer()),
+                    IMAGE, [1.0], EXACT),
+    # concatenations: sqrt(2)·3 for two copies of h; G shares A's right singular vectors: sqrt(3² + 4²) = 5
+    "cat([h, h])": (lambda: Net(of_h(lambda h: torch.cat([h, h], dim=1)), embedding_layer()), IMAGE, [1.0], EXACT),
+    "stack([h, h])": (lambda: Net(of_h(lambda h: torch.stack((h, h), 1).flatten(1)), embedding_layer()),
+                      IMAGE, [1.0], EXACT),
+    "cat([A x, G x])": (lambda: Net(concatenated, embedding_layer(), linear(W, [4.0, 1.0, 0.5], V)),
+                        IMAGE, [1.0], EXACT),
+    # products with a number: |c|·3
+    "h * 2": (lambda: Net(of_h(lambda h: h * 2), embedding_layer()), IMAGE, [1.0], EXACT),
+    "-3 * h": (lambda: Net(of_h(lambda h: -3 * h), embedding_layer()), IMAGE, [1.0], EXACT),
+    "torch.mul(h, -3)": (lambda: Net(of_h(lambda h: torch.mul(h, -3)), embedding_layer()), IMAGE, [1.0], EXACT),
+    "h / 4": (lambda: Net(of_h(lambda h: h / 4), embedding_layer()), IMAGE, [1.0], EXACT),
+    "h.div(4)": (lambda: Net(of_h(lambda h: h.div(4)), embedding_layer()), IMAGE, [1.0], EXACT),
+    "-h": (lambda: Net(of_h(lambda h: -h), embedding_layer()), IMAGE, [1.0], EXACT),
+    # convolutions on 12×12 maps: the circulant bound is above the norm by boundary effects only (measured 1.016
+    # for seed 0 and ≤ 1.034 over seeds 0–5 alone, 1.025 and ≤ 1.029 with the BatchNorm); the stride is not in
+    # it, though: a strided convolution keeps a quarter of the rows (measured 1.35, 1.34–1.53 over seeds 0–5)
+    "conv": (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten()), (2, 12, 12), [1.0, 1.0], 1.04),
+    "conv, batchnorm": (conv_batchnorm, (2, 12, 12), [1.0, 1.0], 1.04),
+    "conv stride 2": (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Flatten()), (2, 12, 12),
+                      [1.0, 1.0], 1.6),
+    # average pooling, Schur's test: exact for disjoint windows (1/2, 1/4); overlapping windows lose weight at
+    # the zero-padded border (measured 1.040 on 12×12)
+    "avgpool 2×2": (lambda: nn.Sequential(nn.AvgPool2d(2), nn.Flatten()), (1, 4, 4), [1.0], EXACT),
+    "adaptive avgpool 1×1": (lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), (2, 4, 4), [1.0, 1.0],
+                             EXACT),
+    "mean over pixels": (lambda: Net(lambda x: x.mean((2, 3))), (2, 4, 4), [1.0, 1.0], EXACT),
+    "avgpool 3×3 stride 1": (lambda: nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), nn.Flatten()), (1, 12, 12),
+                             [1.0], 1.05),
+}
+
+
+def model_of(backbone: nn.Module, size, std=(1.0,)) -> ProtoModel:
+    """``backbone`` in an eval-mode float64 ProtoModel normalising with mean 0 and ``std``."""
+    backbone = backbone.double().eval()
+    with torch.no_grad():
+        features = backbone(torch.zeros(1, *size, dtype=torch.float64)).shape[1]
+    normalize = Normalize([0.0] * len(std), std)
+    return ProtoModel(backbone, create_head("linear", features, 2), normalize).double().eval()
+
+
+def embedding_matrix(model: ProtoModel, size) -> torch.Tensor:
+    """The matrix of an affine embedding, column by column in float64: ``embed(eᵢ) − embed(0)``."""
+    basis = torch.eye(math.prod(size), dtype=torch.float64).view(-1, *size)
+    with torch.no_grad():
+        return (model.embed(basis) - model.embed(torch.zeros_like(basis[:1]))).t()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bound_of_a_linear_embedding_is_its_norm_up_to_the_stated_factor(case):
+    make, size, std, factor = CASES[case]
+    model = model_of(make(), size, std)
+    truth, bound = spectral_norm(embedding_matrix(model, size)), lipschitz_upper_bound(model, size)
+    assert truth <= bound <= factor * truth
+
+
+def test_concatenation_of_unrelated_maps_is_bounded_by_the_root_sum_of_squares():
+    a, g = nn.Linear(6, 4), nn.Linear(6, 3)
+    model = model_of(Net(concatenated, a, g), IMAGE)
+    norm_a, norm_g = spectral_norm(a.weight.detach()), spectral_norm(g.weight.detach())
+    truth = spectral_norm(embedding_matrix(model, IMAGE))  # ‖[A; G]‖
+    bound = lipschitz_upper_bound(model, IMAGE)
+    assert bound == pytest.approx(math.hypot(norm_a, norm_g), rel=1e-5)
+    # ‖[A; G]‖ ≥ max(‖A‖, ‖G‖) ≥ sqrt((‖A‖² + ‖G‖²) / 2): the rule is never more than sqrt(2) too large
+    assert max(norm_a, norm_g) <= truth <= bound <= math.sqrt(2) * truth
+
+
+MAX_POOLS = {  # name: (pool, image size, the pixel in the most windows, how many windows hold it)
+    "2×2": (nn.MaxPool2d(2), (1, 4, 4), (1, 1), 1),
+    "2×2 stride 1": (nn.MaxPool2d(2, stride=1), (1, 4, 4), (1, 1), 4),
+    "3×3 stride 1": (nn.MaxPool2d(3, stride=1), (1, 5, 5), (2, 2), 9),
+    "3×3 stride 2 padding 1": (nn.MaxPool2d(3, stride=2, padding=1), (1, 5, 5), (1, 1), 4),
+    "adaptive 5×5 → 2×2": (nn.AdaptiveMaxPool2d(2), (1, 5, 5), (2, 2), 4),  # windows [0, 3) and [2, 5)
+}
+
+
+@pytest.mark.parametrize("case", MAX_POOLS)
+def test_max_pool_bound_is_attained_by_raising_the_pixel_in_the_most_windows(case):
+    pool, size, pixel, windows = MAX_POOLS[case]
+    model = model_of(nn.Sequential(pool, nn.Flatten()), size)
+    flat = torch.zeros(1, *size, dtype=torch.float64)
+    bump = flat.clone()
+    bump[(0, 0, *pixel)] = 1.0
+    with torch.no_grad():  # every window holding the pixel has max 1 instead of 0, and ‖bump − flat‖ = 1
+        attained = float((model.embed(bump) - model.embed(flat)).norm())
+    bound = lipschitz_upper_bound(model, size)
+    assert attained == pytest.approx(math.sqrt(windows))
+    assert attained <= bound <= EXACT * attained
+
+
 BACKBONES = [  # name, wrap options, input size
     ("flatten", {"embed_dim": 8}, (1, 28, 28)),
     ("mlp", {"width": 64}, (1, 28, 28)),
@@ -97,34 +284,24 @@ def trained_statistics_model(name, options, size):
 
 
 @pytest.mark.parametrize("name,options,size", BACKBONES, ids=[b[0] for b in BACKBONES])
-def test_upper_bound_holds_on_random_and_gradient_ascended_pairs(name, options, size):
+def test_bound_of_a_shipped_backbone_is_above_its_local_constant(name, options, size):
+    """Soundness only: the true constants of these backbones are unknown, and the composition rule is far above
+    them (the cases above check each rule's factor). Power iteration approaches ``‖J(x)‖₂`` from below, and the
+    norm of the Jacobian at any point is at most the Lipschitz constant."""
     model = trained_statistics_model(name, options, size)
-    bound = lipschitz_upper_bound(model, size)
-
-    def ratio(x, x2):
-        return (model.embed(x) - model.embed(x2)).norm(dim=1) / (x - x2).flatten(1).norm(dim=1)
-
-    x = torch.rand(16, *size)
-    with torch.no_grad():
-        random_ratio = ratio(x, torch.rand_like(x)).max()
-    # ascend the ratio from a small step: a local Lipschitz constant, much nearer the bound than random pairs
-    delta = (1e-2 * torch.randn_like(x)).requires_grad_(True)
-    optimizer = torch.optim.Adam([delta], lr=1e-3)
-    for _ in range(15):
-        optimizer.zero_grad()
-        (-ratio(x, x + delta).sum()).backward()
-        optimizer.step()
-    with torch.no_grad():
-        ascended = ratio(x, x + delta).max()
-    assert ascended > random_ratio  # the ascent found steeper pairs, so the check below is a real one
-    assert bound >= ascended
+    x = torch.rand(1, *size)
+    v = torch.randn_like(x)
+    for _ in range(10):
+        v = v / v.norm()
+        _, jv = torch.func.jvp(model.embed, (x,), (v,))
+        (v,) = torch.func.vjp(model.embed, x)[1](jv)
+    assert lipschitz_upper_bound(model, size) >= float(jv.detach().norm())
 
 
-def test_bound_of_a_linear_embedding_is_exact():
+def test_bound_of_a_wrapped_linear_embedding_is_exact():
     model = robustproto.wrap("flatten", head="glvq", num_classes=3, embed_dim=5, std=[0.5])
     expected = spectral_norm(model.neck.weight.detach().double()) / 0.5
-    assert lipschitz_upper_bound(model, (1, 28, 28)) == pytest.approx(expected, rel=1e-5)
-    assert lipschitz_upper_bound(model, (1, 28, 28)) >= expected
+    assert expected <= lipschitz_upper_bound(model, (1, 28, 28)) <= EXACT * expected
 
 
 def proto(backbone: nn.Module, features: int) -> ProtoModel:
@@ -144,18 +321,22 @@ def test_batchnorm_is_folded_into_the_convolution_before_it():
     assert lipschitz_upper_bound(model, (1, 4, 4)) == pytest.approx(expected, rel=1e-5)
 
 
-class Squares(nn.Module):
-    def forward(self, x):
-        return (x * x).flatten(1)
-
-
-@pytest.mark.parametrize("backbone,words", [
-    (nn.Sequential(nn.Conv2d(1, 1, 3), nn.Upsample(scale_factor=2), nn.Flatten()), "Upsample"),
-    (Squares(), "mul"),
-])
-def test_unsupported_modules_raise_naming_them(backbone, words):
+@pytest.mark.parametrize("backbone,size,words", [
+    (lambda: nn.Sequential(nn.Conv2d(1, 1, 3), nn.Upsample(scale_factor=2), nn.Flatten()), (1, 4, 4), "Upsample"),
+    (lambda: Net(of_h(lambda h: h * h), embedding_layer()), IMAGE, "mul"),
+    (lambda: Net(of_h(lambda h, b: h * b.bias), embedding_layer(), linear(U, [1.0], U)), IMAGE, "mul"),  # a tensor
+    (lambda: Net(of_h(lambda h: 2 / h), embedding_layer()), IMAGE, "truediv"),
+    (lambda: Net(of_h(lambda h: torch.div(h, 2, rounding_mode="floor")), embedding_layer()), IMAGE, "div"),
+    (lambda: Net(of_h(lambda h: torch.add(h, h, alpha=2)), embedding_layer()), IMAGE, "alpha"),
+], ids=["Upsample", "h * h", "h * tensor", "2 / h", "floor division", "add alpha"])
+def test_unsupported_operations_raise_naming_them(backbone, size, words):
     with pytest.raises(NotImplementedError, match=words):
-        lipschitz_upper_bound(proto(backbone, 16), (1, 4, 4))
+        lipschitz_upper_bound(model_of(backbone(), size), size)
+
+
+def test_a_backbone_returning_several_tensors_is_refused():
+    with pytest.raises(NotImplementedError, match="returns tuple"):
+        lipschitz_upper_bound(proto(Net(of_h(lambda h: (h, h)), embedding_layer()), 4), IMAGE)
 
 
 def test_bound_leaves_the_model_as_it_was():
