@@ -11,7 +11,7 @@ from .certify import certify
 from .checkpoint import load
 from .config import TrainConfig
 from .evaluate import evaluate  # torchattacks is imported only when an attack is built
-from .head import Head, affine_margin, squared_euclidean
+from .head import Head, affine_margin, squared_euclidean, working_dtype
 from .lipschitz import lipschitz_upper_bound
 from .model import Normalize, ProtoModel, create_backbone, create_head, create_regularizer, wrap
 from .registry import PluginError, list_plugins, load_backbones, refresh_plugins
@@ -45,5 +45,6 @@ __all__ = [
     "refresh_plugins",
     "squared_euclidean",
     "train",
+    "working_dtype",
     "wrap",
 ]

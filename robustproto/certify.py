@@ -9,16 +9,32 @@ that boundary: radius ``m(z)/L``.
 
 Local bound (Hein & Andriushchenko 2017, Theorem 2.1 with Proposition 2.2) for a one-hidden-layer
 network ``f(x) = W σ(U x + b) + c`` with ``σ'`` increasing (the ``mlp`` backbone, softplus, with a linear
-neck and/or the ``linear`` head, which compose to one ``W``): the guarantee is
+neck and/or a head whose scores are affine in the embedding, ``Head.scores_affine_in_embedding``, which
+compose to one ``W``): the guarantee is
 ``max_R min{ min_{j≠c} (f_c − f_j)(x) / max_{y∈B(x,R)} ‖∇f_c(y) − ∇f_j(y)‖, R }``; Proposition 2.2 bounds
 the denominator, which grows with ``R``, so the maximum is where the two terms cross, found by a
 bisection over ``R`` per point. Both radii are certificates; the reported radius is the larger.
 
-Misclassified points get radius 0.
+Rounding. A certificate is a statement about the network in exact arithmetic with the model's weights,
+so it is computed on a float64 copy of the model: the embedding, the head's margin (the built-in
+``linear`` and ``glvq`` heads follow the dtype of ``z``, :func:`robustproto.squared_euclidean` keeps
+float64) and every term of the local bound, with the normalisation folded into ``U`` and ``b``; the
+Lipschitz constant carries its own rounding margin (:func:`robustproto.lipschitz_upper_bound`). What
+remains is float64 rounding of the margins and of the local bound's quadratic forms: every radius is
+divided by ``_SAFETY = 1 + 1e-4``, which covers it wherever a margin exceeds ~1e-12·D times the squared
+norms it is computed from (``D`` the embedding size), i.e. everywhere but on the decision boundary. A point
+is certified only where the float32 model (the one deployed and attacked) predicts its label and the
+float64 copy predicts the same class. The float32 model's own rounding along the way to the radius is not
+bounded; the relative allowance covers it where the score gap exceeds ~1e4 times the float32 rounding of
+the scores. A head that computes its margin in a lower precision even on the float64 copy (it returns a
+float32 margin) is not covered: the report warns.
+
+Misclassified points, and points where the float32 and float64 predictions differ, get radius 0.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Mapping, Sequence
 
@@ -28,7 +44,7 @@ from torch import nn
 __all__ = ["certify", "DEFAULT_RADII"]
 
 DEFAULT_RADII = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0)
-_SAFETY = 1.0 + 1e-4  # float32 rounding in the local bound's quadratic forms
+_SAFETY = 1.0 + 1e-4  # relative allowance for the float64 rounding of margins and bounds, see the module docstring
 
 
 def _head_margin(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -52,10 +68,13 @@ def certify(
 ) -> dict[str, Any]:
     """Certified L2 radii of a :class:`~robustproto.ProtoModel` on ``data`` (as :func:`robustproto.evaluate` takes it).
 
-    Returns a report: ``radii`` (one per point, in data order, 0 for misclassified), ``radii_global``,
-    ``radii_local`` (``None`` unless the model is a one-hidden-layer softplus network with a linear
-    head), ``lipschitz_constant``, ``certified_accuracy`` ``{radius: fraction of points correct with
-    radius ≥ it}``, ``median_radius`` (over all points), ``clean_accuracy``.
+    Returns a report: ``radii`` (one per point, in data order; 0 where the model misclassifies the point
+    or its float32 and float64 predictions differ), ``radii_global``, ``radii_local`` (``None`` unless the
+    backbone is a one-hidden-layer softplus network and the head declares ``scores_affine_in_embedding``),
+    ``lipschitz_constant``, ``certified_accuracy`` ``{radius: fraction of points correct with radius ≥
+    it}``, ``median_radius`` (over all points), ``clean_accuracy`` (of the float32 model), ``warnings``
+    (rounding the radii do not cover). ``model`` is left as found: every module's mode and every
+    parameter and buffer (the float64 evaluation runs on a copy).
     """
     from .evaluate import _collect, _median, _model_name, normalize_norm
     from .lipschitz import lipschitz_upper_bound
@@ -72,25 +91,34 @@ def certify(
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         lipschitz = float(lipschitz_upper_bound(model, tuple(x.shape[1:])))
-        preds, margins = [], []
+        exact = copy.deepcopy(model).double()  # copied in eval mode; the original keeps its dtype and buffers
+        preds, exact_preds, margins = [], [], []
         with torch.no_grad():
             for chunk in x.split(batch_size):
-                z = model.embed(chunk.to(device))
-                preds.append(model.head(z).argmax(1).cpu())
-                margins.append(_head_margin(model, z).double().cpu())
-        pred, margin = torch.cat(preds), torch.cat(margins)
+                chunk = chunk.to(device)
+                preds.append(model(chunk).argmax(1).cpu())
+                z = exact.embed(chunk.double())
+                exact_preds.append(exact.head(z).argmax(1).cpu())
+                margins.append(_head_margin(exact, z).cpu())
+        pred, exact_pred, margin = torch.cat(preds), torch.cat(exact_preds), torch.cat(margins)
         correct = pred == y
-        radius_global = torch.where(correct, margin / lipschitz, torch.zeros_like(margin))
+        certified = correct & (pred == exact_pred)
+        radius_global = torch.where(certified, margin.double() / (lipschitz * _SAFETY),
+                                    torch.zeros((), dtype=torch.float64))
         radius_local = None
         if local:
-            net = _one_hidden_layer(model, x[:batch_size].to(device))
+            net = _one_hidden_layer(exact, x[:batch_size].to(device).double())
             if net is not None:
-                radius_local = torch.cat([_local_radii(net, chunk.to(device), bisection_steps).cpu()
+                radius_local = torch.cat([_local_radii(net, chunk.to(device).double(), bisection_steps).cpu()
                                           for chunk in x.split(batch_size)])
-                radius_local = torch.where(correct, radius_local, torch.zeros_like(radius_local))
+                radius_local = torch.where(certified, radius_local, torch.zeros_like(radius_local))
     finally:
         for m, training in modes.items():
             m.training = training
+    warnings = []
+    if margin.dtype != torch.float64:
+        warnings.append(f"head '{type(model.head).__name__}' computes its margin in {margin.dtype} even on a "
+                        "float64 model: the global radii do not cover that rounding")
     radius = radius_global if radius_local is None else torch.maximum(radius_global, radius_local)
     n = len(y)
     return {
@@ -109,21 +137,38 @@ def certify(
         "radii": radius.tolist(),
         "radii_global": radius_global.tolist(),
         "radii_local": radius_local.tolist() if radius_local is not None else None,
+        "warnings": warnings,
     }
 
 
 class _OneHiddenLayer:
-    """``f(x) = W σ(U x + b) + c`` read off a ProtoModel, with the normalisation folded into ``U`` and ``b``."""
+    """``f(x) = W σ(U x + b) + c`` in float64 pixel units, read off a float64 ProtoModel.
 
-    def __init__(self, model: nn.Module, hidden: nn.Linear, act: nn.Softplus, weight: torch.Tensor):
-        self.model, self.hidden, self.act = model, hidden, act
-        std = model.normalize.std.flatten().double()
+    The normalisation is folded into ``U`` and ``b``, a linear neck into ``W`` and ``c``, and the head
+    enters only through its declared :meth:`~robustproto.Head.affine_map`.
+    """
+
+    def __init__(self, model: nn.Module, hidden: nn.Linear, act: nn.Softplus, weight: torch.Tensor,
+                 bias: torch.Tensor):
+        self.act = act
+        mean, std = model.normalize.mean.flatten().double(), model.normalize.std.flatten().double()
         pixels = hidden.in_features // len(std)
-        per_input = std.repeat_interleave(pixels)  # (x − mean)/std per channel, flattened channel-major
-        self.u = hidden.weight.detach().double() / per_input  # (H, d) in pixel units
-        self.w = weight.double()  # (K, H)
+        # (x − mean)/std per channel, flattened channel-major
+        per_input_mean, per_input_std = mean.repeat_interleave(pixels), std.repeat_interleave(pixels)
+        weight_hidden = hidden.weight.detach().double()
+        self.u = weight_hidden / per_input_std  # (H, d)
+        self.b = hidden.bias.detach().double() - self.u @ per_input_mean  # (H,)
+        self.w, self.c = weight.double(), bias.double()  # (K, H), (K,)
         self.gram = self.u @ self.u.t()
         self.row_norms = self.u.norm(dim=1)
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``U x + b`` (B, H) of float64 images."""
+        return x.flatten(1) @ self.u.t() + self.b
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``f(x)`` (B, K) of float64 images."""
+        return self.act(self.pre_activations(x)) @ self.w.t() + self.c
 
     def act_derivative(self, t: torch.Tensor) -> torch.Tensor:
         """σ' of torch's softplus: sigmoid(βt), exactly 1 where it switches to the identity; increasing."""
@@ -132,34 +177,47 @@ class _OneHiddenLayer:
 
 
 def _one_hidden_layer(model: nn.Module, probe: torch.Tensor) -> _OneHiddenLayer | None:
-    """The model as ``W σ(U x + b) + c`` if it is one (checked numerically on ``probe``), else ``None``."""
+    """The float64 ``model`` as ``W σ(U x + b) + c`` if it is one, else ``None``.
+
+    The head qualifies only by declaring ``scores_affine_in_embedding`` and enters through its
+    ``affine_map()``; the backbone is recognised by its ``hidden`` layer and softplus ``act`` and checked
+    numerically on ``probe`` (float64 images). A head that declares the capability but whose ``forward``
+    differs from its ``affine_map()`` on the probe is a bug in the head: ``RuntimeError``.
+    """
     backbone, head, neck = model.backbone, model.head, model.neck
-    hidden, act, fc = getattr(backbone, "hidden", None), getattr(backbone, "act", None), getattr(head, "fc", None)
-    if not (isinstance(hidden, nn.Linear) and type(act) is nn.Softplus and isinstance(fc, nn.Linear)):
+    if not getattr(head, "scores_affine_in_embedding", False):
         return None
-    if not isinstance(neck, (nn.Identity, nn.Linear)):
+    hidden, act = getattr(backbone, "hidden", None), getattr(backbone, "act", None)
+    if not (isinstance(hidden, nn.Linear) and type(act) is nn.Softplus and isinstance(neck, (nn.Identity, nn.Linear))):
         return None
-    weight = fc.weight if isinstance(neck, nn.Identity) else fc.weight @ neck.weight
+    head_weight, head_bias = (t.detach() for t in head.affine_map())
+    weight, bias = head_weight, head_bias
+    if isinstance(neck, nn.Linear):
+        weight, bias = head_weight @ neck.weight.detach(), head_weight @ neck.bias.detach() + head_bias
+    net = _OneHiddenLayer(model, hidden, act, weight, bias)
     with torch.no_grad():
-        features = act(hidden(model.normalize(probe).flatten(1)))
-        if not torch.allclose(backbone(model.normalize(probe)), features, rtol=1e-4, atol=1e-5):
+        features = act(net.pre_activations(probe))
+        if not torch.allclose(backbone(model.normalize(probe)), features, rtol=1e-6, atol=1e-8):
             return None
-        if not torch.allclose(model(probe), head(neck(features)), rtol=1e-4, atol=1e-5):
-            return None
-    return _OneHiddenLayer(model, hidden, act, weight.detach())
+        z = neck(features)
+        # the bound uses affine_map(), not forward: a forward that rounds in float32 passes, a non-affine one not
+        if not torch.allclose(head(z), z @ head_weight.t() + head_bias, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"head '{type(head).__name__}' declares scores_affine_in_embedding, but its "
+                               "forward(z) is not z @ W.T + b with (W, b) = affine_map()")
+    return net
 
 
 @torch.no_grad()
 def _local_radii(net: _OneHiddenLayer, x: torch.Tensor, steps: int) -> torch.Tensor:
-    """Theorem 2.1 with Proposition 2.2 per point (radius of the predicted class), bisection over R."""
-    pre = net.hidden(net.model.normalize(x).flatten(1)).double()  # ⟨u_r, x⟩ + b_r
-    scores = net.model(x).double()
+    """Theorem 2.1 with Proposition 2.2 per float64 image (radius of the predicted class), bisection over R."""
+    a_all = net.pre_activations(x)  # ⟨u_r, x⟩ + b_r
+    scores = net.scores(x)
     pred = scores.argmax(1)
     out = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     k = scores.shape[1]
     for c in pred.unique().tolist():
         idx = (pred == c).nonzero().squeeze(1)
-        a = pre[idx]
+        a = a_all[idx]
         gaps, plus, minus = [], [], []
         for j in range(k):
             if j == c:
@@ -171,7 +229,7 @@ def _local_radii(net: _OneHiddenLayer, x: torch.Tensor, steps: int) -> torch.Ten
             gaps.append(scores[idx, c] - scores[idx, j])
 
         def guarantee(radius: torch.Tensor) -> torch.Tensor:
-            """min_j (f_c − f_j) / (Prop. 2.2 bound at R = radius), per point."""
+            """min_j (f_c − f_j) / (Prop. 2.2 bound at R = radius), per point, with the rounding allowance."""
             spread = radius[:, None] * net.row_norms[None, :]
             hi, lo = net.act_derivative(a + spread), net.act_derivative(a - spread)
             best = torch.full_like(radius, math.inf)
@@ -195,7 +253,8 @@ def _local_radii(net: _OneHiddenLayer, x: torch.Tensor, steps: int) -> torch.Ten
 
 
 def certify_summary(report: Mapping[str, Any]) -> str:
-    """One line for the CLI."""
+    """One line for the CLI, then one ``warning:`` line per warning of the report."""
     acc = ", ".join(f"{r}: {v:.3f}" for r, v in report["certified_accuracy"].items())
-    return (f"clean accuracy {report['clean_accuracy']:.4f}; median certified L2 radius {report['median_radius']:.4g}; "
+    line = (f"clean accuracy {report['clean_accuracy']:.4f}; median certified L2 radius {report['median_radius']:.4g}; "
             f"certified accuracy at radius {acc}")
+    return "\n".join([line, *(f"warning: {w}" for w in report["warnings"])])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Head", "squared_euclidean", "affine_margin"]
+__all__ = ["Head", "affine_margin", "squared_euclidean", "working_dtype"]
 
 
 class Head(nn.Module):
@@ -25,7 +25,7 @@ class Head(nn.Module):
       options with a ``TypeError`` naming them (a plain keyword signature does).
     - ``forward(z) -> (B, num_classes)`` scores whose argmax is the prediction.
       Prototype heads return negative distances, computed in float32 even under
-      autocast (use :func:`squared_euclidean`).
+      autocast and in float64 on a float64 model (use :func:`squared_euclidean`).
     - ``loss(z, scores, y) -> scalar``: the training loss of a batch (mean over it).
 
     Optional (the core checks for them with ``hasattr``-style overrides):
@@ -42,6 +42,26 @@ class Head(nn.Module):
       the embedding size the head wants when the user gives none (a linear neck is
       then added); ``None`` keeps the backbone's feature size.
 
+    Optional capability:
+
+    - ``scores_affine_in_embedding: bool`` (class attribute, default ``False``): set it
+      to ``True`` only if ``forward(z) == z @ W.T + b`` exactly, for every ``z``, with
+      ``(W, b) = affine_map()``, up to floating-point rounding of that expression: no
+      activation, normalisation or other non-linearity of ``z``. ``certify`` then
+      treats the head as the last linear layer of the network, which lets it apply
+      bounds that need the gradient of every score (Hein & Andriushchenko's local
+      bound on a one-hidden-layer backbone). A head that declares it falsely gets
+      certificates that can exceed the true radius.
+    - ``affine_map() -> (weight (num_classes, embed_dim), bias (num_classes,))``: the
+      ``W`` and ``b`` above, as tensors on the head's device and in its dtype;
+      implemented by the heads that declare ``scores_affine_in_embedding``.
+
+    - ``scores_are_logits: bool`` (class attribute, default ``False``): ``True`` when the
+      scores are softmax logits, i.e. the head is trained with cross-entropy on them, which
+      sets their scale. Evaluation then attacks with cross-entropy by default; on other
+      heads (prototype scores are distances with no natural scale, on which cross-entropy
+      saturates) the default is the per-point worst of cross-entropy and the margin.
+
     Optional attributes: ``prototypes`` ``(P, embed_dim)`` and ``prototype_labels``
     ``(P,)`` let ``robustproto show prototypes`` draw them (``prototype_labels`` may be
     omitted when there is one prototype per class, in class order).
@@ -49,6 +69,9 @@ class Head(nn.Module):
     Numerics: no NaN on zero distances, duplicate prototypes or a class missing
     from a batch.
     """
+
+    scores_affine_in_embedding: bool = False
+    scores_are_logits: bool = False
 
     def __init__(self, embed_dim: int, num_classes: int):
         super().__init__()
@@ -77,21 +100,40 @@ class Head(nn.Module):
             "implements margin(z) (`robustproto plugins` lists the heads; built in: linear, glvq, gmlvq, repulsive)"
         )
 
+    def affine_map(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W, b)`` with ``forward(z) == z @ W.T + b``; only for heads with ``scores_affine_in_embedding``."""
+        raise NotImplementedError(
+            f"head '{type(self).__name__}' does not declare scores_affine_in_embedding, so it has no affine_map()"
+        )
+
     @property
     def has_margin(self) -> bool:
         return type(self).margin is not Head.margin
 
 
+def working_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype head arithmetic runs in: the tensors' promoted dtype, at least float32 (half and bfloat16 under
+    autocast go to float32; float64, as on ``certify``'s float64 copy of a model, stays float64)."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def squared_euclidean(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances ``(B, P)`` between rows of ``z`` (B, D) and ``w`` (P, D).
 
-    Computed as ``‖z‖² − 2 z·w + ‖w‖²`` in float32 with autocast off (a B×P×D
-    broadcast is two orders of magnitude slower), clamped at 0 so rounding never
-    gives a negative distance (whose square root would be NaN).
+    Computed as ``‖z‖² − 2 z·w + ‖w‖²`` with autocast off (a B×P×D broadcast is two
+    orders of magnitude slower), in the promoted dtype of ``z`` and ``w`` but at least
+    float32: half and bfloat16 inputs (autocast) are computed in float32, float64 inputs
+    stay float64 (``certify`` evaluates margins on a float64 copy of the model).
+    Clamped at 0 so rounding never gives a negative distance (whose square root would
+    be NaN).
     """
+    dtype = working_dtype(z, w)
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = z.float()
-        w = w.float()
+        z = z.to(dtype)
+        w = w.to(dtype)
         d = (z * z).sum(1, keepdim=True) - 2.0 * z @ w.t() + (w * w).sum(1).unsqueeze(0)
     return d.clamp_min(0.0)
 

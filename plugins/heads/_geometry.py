@@ -8,13 +8,14 @@ from robustproto import affine_margin, squared_euclidean
 
 
 def pairwise_l2(v: torch.Tensor) -> torch.Tensor:
-    """Exact L2 distances ``(P, P)`` between rows of ``v`` in float32.
+    """Exact L2 distances ``(P, P)`` between rows of ``v`` in its dtype, at least float32 (also under autocast).
 
     Differences are taken directly (not ``‖a‖² − 2a·b + ‖b‖²``) because near-duplicate rows
     must give a near-zero distance, not the rounding error of two large squared norms.
     """
+    v = v.to(torch.promote_types(v.dtype, torch.float32))
     with torch.autocast(device_type=v.device.type, enabled=False):
-        return torch.cdist(v.float(), v.float(), compute_mode="donot_use_mm_for_euclid_dist")
+        return torch.cdist(v, v, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def linear_margin(scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

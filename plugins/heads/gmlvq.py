@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from robustproto import squared_euclidean
+from robustproto import squared_euclidean, working_dtype
 
 from .glvq import GLVQ
 
@@ -38,7 +38,8 @@ class GMLVQ(GLVQ):
 
     def _project(self, v: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=v.device.type, enabled=False):
-            return v.float() @ self.omega.float().t()
+            dtype = working_dtype(v, self.omega)
+            return v.to(dtype) @ self.omega.to(dtype).t()
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
         return squared_euclidean(self._project(z), self._project(self.prototypes))
@@ -49,5 +50,6 @@ class GMLVQ(GLVQ):
 
     def margin_gradient_points(self) -> torch.Tensor:
         with torch.autocast(device_type=self.omega.device.type, enabled=False):
-            omega = self.omega.float()
-            return self.prototypes.float() @ (omega.t() @ omega)
+            dtype = working_dtype(self.prototypes, self.omega)
+            omega = self.omega.to(dtype)
+            return self.prototypes.to(dtype) @ (omega.t() @ omega)

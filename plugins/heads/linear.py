@@ -19,7 +19,15 @@ class LinearHead(Head):
     instance-specific guarantee of Hein & Andriushchenko 2017 ("Formal guarantees on the
     robustness of a classifier against adversarial manipulation", Theorem 2.1), where the
     bound is tight because the class differences are affine.
+
+    The scores are affine in ``z`` (``scores_affine_in_embedding``, ``affine_map()`` is
+    ``(fc.weight, fc.bias)``), so ``certify`` can also apply Hein & Andriushchenko's local
+    bound when the backbone is a one-hidden-layer softplus network. ``margin`` computes in
+    the dtype of ``z`` (at least float32, also under autocast).
     """
+
+    scores_affine_in_embedding = True
+    scores_are_logits = True  # trained with cross-entropy: evaluation attacks it with CE by default
 
     def __init__(self, embed_dim: int, num_classes: int):
         super().__init__(embed_dim, num_classes)
@@ -31,7 +39,11 @@ class LinearHead(Head):
     def loss(self, z: torch.Tensor, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(scores.float(), y)
 
+    def affine_map(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc.weight, self.fc.bias
+
     def margin(self, z: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(z.dtype, torch.float32)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            scores = F.linear(z.float(), self.fc.weight.float(), self.fc.bias.float())
+            scores = F.linear(z.to(dtype), self.fc.weight.to(dtype), self.fc.bias.to(dtype))
         return linear_margin(scores, self.fc.weight)

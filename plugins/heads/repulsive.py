@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustproto import Head, squared_euclidean
+from robustproto import Head, squared_euclidean, working_dtype
 
 from ._geometry import linear_margin, nearest_prototype_margin
 
@@ -97,21 +97,23 @@ class RepulsivePrototypes(Head):
         return options.get("output_dim") or 10 * num_classes
 
     def _unit_prototypes(self) -> torch.Tensor:
-        return self.prototypes.float() / self.prototypes.float().norm(dim=1, keepdim=True).clamp_min(COSINE_EPS)
+        prototypes = self.prototypes.to(working_dtype(self.prototypes))
+        return prototypes / prototypes.norm(dim=1, keepdim=True).clamp_min(COSINE_EPS)
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
-        """Float32 ``(B, K)`` distances ``d(z, p_k)`` of ``metric`` (L2 or L∞, not squared)."""
+        """``(B, K)`` distances ``d(z, p_k)`` of ``metric`` (L2 or L∞, not squared), at least in float32."""
         with torch.autocast(device_type=z.device.type, enabled=False):
             if self.metric == "l2":
                 # clamped before the square root, whose gradient is infinite at 0
                 return squared_euclidean(z, self.prototypes).clamp_min(1e-12).sqrt()
-            return torch.cdist(z.float(), self.prototypes.float(), p=float("inf"))
+            dtype = working_dtype(z, self.prototypes)
+            return torch.cdist(z.to(dtype), self.prototypes.to(dtype), p=float("inf"))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.loss_kind == "distance":
             return -self.distances(z)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z = z.float()
+            z = z.to(working_dtype(z, self.prototypes))
             return (z @ self._unit_prototypes().t()) / z.norm(dim=1, keepdim=True).clamp_min(COSINE_EPS)
 
     def loss(self, z: torch.Tensor, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -123,11 +125,12 @@ class RepulsivePrototypes(Head):
     def margin(self, z: torch.Tensor) -> torch.Tensor:
         labels = torch.arange(self.num_classes, device=self.prototypes.device)
         if self.loss_kind == "distance" and self.metric == "l2":
-            return nearest_prototype_margin(squared_euclidean(z, self.prototypes), labels, self.prototypes.float())
+            return nearest_prototype_margin(squared_euclidean(z, self.prototypes), labels,
+                                            self.prototypes.to(working_dtype(z, self.prototypes)))
         if self.loss_kind == "cosine":
             unit = self._unit_prototypes()
             with torch.autocast(device_type=z.device.type, enabled=False):
-                scores = z.float() @ unit.t()
+                scores = z.to(unit.dtype) @ unit.t()
             return linear_margin(scores, unit)
         raise NotImplementedError(
             "repulsive head: no certified margin for loss='distance' with metric='linf' (the L∞ nearest-prototype "
