@@ -154,7 +154,7 @@ def plan_experiment(path: Path, scale: str, data_dir: Path, runs: Path):
     data = data_overrides(recipe, data_dir)
     if data is None:
         return Outcome(name, scale, recipe.to_dict(),
-                       skipped=f"{recipe.dataset} is not under {data_dir} (no network to download it)")
+                       skipped=f"{recipe.dataset} is not in --data-dir (no network to download it)")
     changes = dict(SMALL[family(name)]["train"]) if scale == "small" else {}
     cfg = recipe.replace(**data, **changes, output=str(runs / name))
     table = json.loads(json.dumps(dict(recipe.eval)))  # a deep copy
@@ -288,8 +288,9 @@ def khalid_rows(outcomes: dict[str, Outcome]) -> list[Row]:
                 rows.append((out.name, _clean_label(out), clean, out.test_acc, True))
                 for eps in KHALID_EPS[data]:
                     paper = "highest of 4" if head == "glvq" and suffix else "curve only"
-                    rows.append((out.name, f"FGSM accuracy, ε = {eps}", paper,
-                                 _robust_accuracy(out.report, "fgsm", eps), True))
+                    for attack, loss in (("fgsm@ce", "CE-FGSM (the paper's)"), ("fgsm@margin", "margin FGSM")):
+                        rows.append((out.name, f"{loss} accuracy, ε = {eps}", paper,
+                                     _robust_accuracy(out.report, attack, eps), True))
     return rows
 
 
@@ -375,13 +376,15 @@ def checks(outcomes: dict[str, Outcome]) -> list[tuple[str, bool | None, str]]:
         ok = None if None in d.values() else d["gmlvq"] < d["glvq"] and d["gmlvq"] < d["gtlvq"]
         found.append((f"GMLVQ's DeepFool-L2 median-δ below GLVQ's and GTLVQ's ({per_class} prototype(s) per class)",
                       ok, ", ".join(f"{h} {_fmt(v)}" for h, v in d.items())))
-    for eps in KHALID_EPS["mnist"]:
-        accs = {n: _robust_accuracy(outcomes[n].report, "fgsm", eps) for n in outcomes
-                if n.startswith("khalid-mnist-")}
-        ok = None if len(accs) < 4 or None in accs.values() else \
-            accs["khalid-mnist-glvq-lipschitz"] == max(accs.values())
-        found.append((f"Khalid & Paaßen MNIST: Lipschitz-GLVQ has the highest FGSM accuracy of the four at ε = {eps}",
-                      ok, ", ".join(f"{n.removeprefix('khalid-mnist-')} {_fmt(a, True)}" for n, a in accs.items())))
+    for attack, loss in (("fgsm@ce", "CE-FGSM"), ("fgsm@margin", "margin-FGSM")):
+        for eps in KHALID_EPS["mnist"]:
+            accs = {n: _robust_accuracy(outcomes[n].report, attack, eps) for n in outcomes
+                    if n.startswith("khalid-mnist-")}
+            ok = None if len(accs) < 4 or None in accs.values() else \
+                accs["khalid-mnist-glvq-lipschitz"] == max(accs.values())
+            found.append((f"Khalid & Paaßen MNIST: Lipschitz-GLVQ has the highest {loss} accuracy of the four at "
+                          f"ε = {eps}", ok,
+                          ", ".join(f"{n.removeprefix('khalid-mnist-')} {_fmt(a, True)}" for n, a in accs.items())))
     cl, wd = (outcomes.get(f"hein-mnist-mlp-{v}") for v in ("cross-lipschitz", "weight-decay"))
     r_cl, r_wd = (o.summary.get("mean_certified_radius") if o else None for o in (cl, wd))
     found.append(("Hein & Andriushchenko: Cross-Lipschitz has a larger mean certified radius than weight decay",
@@ -401,7 +404,7 @@ def summary_rows(outcomes: dict[str, Outcome]) -> list[tuple[str, str, str, str,
             continue
         clean = next((v for k, v in paper_rows.items() if k.startswith("clean accuracy")), ("", None, True))
         key = {"saralajew": "median-δ L2 deepfool",
-               "khalid": f"FGSM accuracy, ε = {KHALID_EPS['mnist' if '-mnist-' in name else 'cifar10'][0]}",
+               "khalid": f"margin FGSM accuracy, ε = {KHALID_EPS['mnist' if '-mnist-' in name else 'cifar10'][0]}",
                "serban": "PGD-20, ε = 8/255", "hein": "mean certified radius (lower bound)"}[name.split("-")[0]]
         paper, ours, percent = paper_rows.get(key, ("", None, False))
         rows.append((name, _fmt(clean[0], True), _fmt(clean[1], True), key, _fmt(paper, percent), _fmt(ours, percent)))
@@ -416,14 +419,31 @@ def _scale_text(out: Outcome) -> str:
                                  f"{out.changes[k]}" for k in keys if k in out.changes)
 
 
-def _without_per_sample_distances(record: dict[str, Any]) -> dict[str, Any]:
-    """The outcome for the JSON file: per-sample distances dropped (the medians and means stay), ∞ as "inf"."""
+def _portable(obj: Any, data_dir: Path) -> Any:
+    """Paths as a committed report may show them, naming no folder of the machine it ran on: under the repository
+    relative to it (``runs/reproduce-small/X``), under the data folder as ``--data-dir/...``."""
+    if isinstance(obj, str) and obj.startswith("/"):
+        path = Path(obj)
+        for base, shown in ((data_dir.resolve(), "--data-dir"), (ROOT, ".")):
+            if path == base or base in path.parents:
+                return str(Path(shown) / path.relative_to(base))
+        return "(a folder outside the repository)"
+    if isinstance(obj, dict):
+        return {k: _portable(v, data_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_portable(v, data_dir) for v in obj]
+    return obj
+
+
+def _without_per_sample_distances(record: dict[str, Any], data_dir: Path) -> dict[str, Any]:
+    """The outcome for the JSON file: per-sample distances dropped (the medians and means stay), ∞ as "inf",
+    paths relative to the repository."""
     from robustproto.evaluate import _jsonable
 
     record = dict(record)
     if record.get("report"):
         record["report"] = {k: v for k, v in record["report"].items() if k != "distances"}
-    return _jsonable(record)
+    return _portable(_jsonable(record), data_dir)
 
 
 def write_results(outcomes_list: list[Outcome], args) -> Path:
@@ -434,7 +454,7 @@ def write_results(outcomes_list: list[Outcome], args) -> Path:
     payload = {
         "scale": args.scale, "device": device, "torch": torch.__version__, "robustproto": robustproto.__version__,
         "small_changes": SMALL if args.scale == "small" else None,
-        "experiments": {o.name: _without_per_sample_distances(o.__dict__) for o in outcomes_list},
+        "experiments": {o.name: _without_per_sample_distances(o.__dict__, args.data_dir) for o in outcomes_list},
         "checks": [{"target": t, "passed": ok, "measured": m} for t, ok, m in checks(outcomes)],
     }
     json_path = args.results / f"reproduction_{args.scale}.json"

@@ -10,9 +10,21 @@ has its normalisation inside, so ε is in pixel units) with torchattacks and ret
   minimum over the attacks of that norm, then the median); ``threshold_accuracy`` the fraction of
   points whose δ exceeds the threshold (defaults t₂ = 1.5, t∞ = 0.3). Minimal-perturbation attacks
   (DeepFool, CW, FAB) give δ directly (each one's ``failures`` are counted); a fixed-budget attack's δ
-  is the smallest adversarial it produced over the ε grid and a per-sample bisection on ε
-  (``bisection_steps``), searched up to the largest ε of the grid (or, without a grid, the largest
-  possible distance in [0, 1]ᵈ).
+  is the smallest adversarial it produced over the ε grid, refined by a per-sample bisection on ε only
+  when ``bisection_steps > 0`` asks for it (each step costs up to one more attack run), searched up to
+  the largest ε of the grid (or, without a grid, the largest possible distance in [0, 1]ᵈ).
+
+Gradient attacks (FGSM, FGM, BIM, MIM, PGD, PGD-L2) take a ``loss``: ``ce``, ``margin`` or ``ce+margin``
+(per point the worst of both); the default ``auto`` is ``ce`` for heads whose scores are softmax logits
+and ``ce+margin`` otherwise, because cross-entropy on prototype scores measures their scale, not
+robustness (see :func:`attack_loss`). ``fgsm@margin`` names an attack with its loss, so one report can
+hold both. Every result row records the loss it used.
+
+The model is attacked in eval mode: every wrapper is built in eval mode and the model is put back in
+eval mode after every attack call (torchattacks restores the mode its wrapped module had), so no
+dropout or batch statistics touch an attack or its verification; on return every module's mode and
+every parameter's ``requires_grad`` are as they were. Randomness (random starts, Square) is seeded by
+``seed`` in a forked RNG: identical calls give identical reports.
 - ``warnings``: signals of gradient masking (a black-box attack beats a white-box one at the same
   ε; robust accuracy rising with ε; accuracy above the best constant guess at an ε that reaches the
   mid-grey image), a weakened AutoAttack, and CE-only evaluations.
@@ -43,6 +55,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .utils import eval_mode, model_device
+
 __all__ = ["ATTACKS", "AttackError", "evaluate", "report_json", "write_report", "robustness_figure",
            "save_robustness_curves", "normalize_norm", "DEFAULT_THRESHOLDS"]
 
@@ -50,7 +64,6 @@ NORMS = ("Linf", "L2")
 DEFAULT_THRESHOLDS = {"L2": 1.5, "Linf": 0.3}
 _ABS_TOL = 1e-5
 _REL_TOL = 1e-5
-_CE_ATTACKS = {"fgsm", "fgm", "bim", "mim", "pgd", "pgd-l2"}
 
 
 class AttackError(RuntimeError):
@@ -81,29 +94,91 @@ class AttackSpec:
     summary: str
 
 
+LOSSES = ("ce", "margin")
+
+
+def attack_loss(scores: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """The quantity a gradient attack ascends, summed over the batch, in float32.
+
+    ``"ce"``: softmax cross-entropy (mean, as torchattacks computes it). ``"margin"``: the best other
+    score minus the true one, ``max_{j≠y} s_j − s_y`` (Carlini & Wagner's margin without κ). Prototype
+    scores are negative squared distances with no natural scale: cross-entropy saturates as the scale
+    grows (its input gradients vanish), while the sign or direction of the margin's gradient does not
+    change when the scores are multiplied by a constant, so a margin attack measures robustness, not scale.
+    """
+    scores = scores.float()
+    if loss == "ce":
+        return nn.functional.cross_entropy(scores, y)
+    if loss == "margin":
+        true = scores.gather(1, y[:, None]).squeeze(1)
+        other = scores.masked_fill(nn.functional.one_hot(y, scores.shape[1]).bool(), -math.inf).amax(1)
+        return (other - true).sum()
+    raise ValueError(f"loss: '{loss}' is not one of {', '.join(LOSSES)}")
+
+
 @functools.lru_cache(maxsize=None)
 def _extra_attacks():
     """torchattacks subclasses for what torchattacks lacks (imported lazily: ``import robustproto`` stays cheap)."""
     import torchattacks
     from torchattacks.attack import Attack
 
-    class FGM(Attack):
-        """Fast gradient method in L2 (Goodfellow et al.'s FGSM with the L2-normalised gradient):
-        ``x + ε ∇ₓCE / ‖∇ₓCE‖₂``, clipped to [0, 1]. torchattacks has no FGM; this is it, one step, no
-        random start (the same as ``PGDL2(steps=1, alpha=eps, random_start=False)``)."""
+    class GradientAttack(Attack):
+        """Projected gradient ascent on :func:`attack_loss` in L∞ or L2: one class for FGSM, FGM, BIM, MIM,
+        PGD and PGD-L2, with the loss an option (torchattacks' versions hard-code cross-entropy).
 
-        def __init__(self, model, eps=1.0):
-            super().__init__("FGM", model)
-            self.eps = eps
+        L∞ steps are ``alpha·sign(g)``, L2 steps ``alpha·g/‖g‖₂``; with ``decay > 0`` the gradient, divided
+        by its mean absolute value, accumulates as MI-FGSM's momentum. Every step is projected onto the
+        ε-ball around the clean image and the [0, 1] box; a random start draws uniformly in the L∞ ball, or
+        a random direction with a uniform radius in the L2 ball. With ``loss="ce"`` each step is exactly
+        that of torchattacks' FGSM/BIM/MIFGSM/PGD/PGDL2 (the tests compare them).
+        """
+
+        def __init__(self, model, eps, norm="Linf", alpha=None, steps=1, random_start=False, decay=0.0,
+                     loss="ce"):
+            super().__init__("GradientAttack", model)
+            if norm not in NORMS:
+                raise ValueError(f"norm: '{norm}' is not one of {', '.join(NORMS)}")
+            attack_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), loss)  # reject a bad loss now
+            self.eps, self.norm, self.steps, self.random_start = float(eps), norm, int(steps), bool(random_start)
+            self.alpha = float(eps if alpha is None else alpha)
+            self.decay, self.loss = float(decay), loss
             self.supported_mode = ["default"]
 
+        def _project(self, images, adv):
+            delta = adv - images
+            if self.norm == "Linf":
+                delta = delta.clamp(-self.eps, self.eps)
+            else:
+                norms = delta.flatten(1).norm(dim=1)
+                delta = delta * torch.clamp(self.eps / norms, max=1.0).view(-1, *([1] * (delta.ndim - 1)))
+            return (images + delta).clamp(0, 1).detach()
+
         def forward(self, images, labels):
-            images = images.clone().detach().to(self.device).requires_grad_(True)
+            images = images.clone().detach().to(self.device)
             labels = labels.clone().detach().to(self.device)
-            cost = nn.functional.cross_entropy(self.get_logits(images), labels)
-            (grad,) = torch.autograd.grad(cost, images)
-            norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.ndim - 1)))
-            return (images + self.eps * grad / norm).clamp(0, 1).detach()
+            adv = images.clone()
+            if self.random_start:
+                if self.norm == "Linf":
+                    adv = (adv + torch.empty_like(adv).uniform_(-self.eps, self.eps)).clamp(0, 1)
+                else:
+                    delta = torch.empty_like(adv).normal_()
+                    size = delta.flatten(1).norm(dim=1).view(-1, *([1] * (adv.ndim - 1)))
+                    radius = torch.zeros_like(size).uniform_(0, 1)
+                    adv = (adv + delta * radius / size * self.eps).clamp(0, 1)
+            momentum = torch.zeros_like(images)
+            for _ in range(self.steps):
+                adv.requires_grad_(True)
+                cost = attack_loss(self.get_logits(adv), labels, self.loss)
+                (grad,) = torch.autograd.grad(cost, adv)
+                if self.decay:
+                    grad = grad / grad.abs().mean(dim=tuple(range(1, grad.ndim)), keepdim=True)
+                    grad = momentum = grad + momentum * self.decay
+                if self.norm == "Linf":
+                    step = grad.sign()
+                else:
+                    step = grad / (grad.flatten(1).norm(dim=1) + 1e-10).view(-1, *([1] * (grad.ndim - 1)))
+                adv = self._project(images, adv.detach() + self.alpha * step)
+            return adv
 
     class GaussianNoise(Attack):
         """A sanity floor, not an attack: Gaussian noise rescaled to norm exactly ε (L2 or L∞), clipped to
@@ -123,7 +198,7 @@ def _extra_attacks():
             noise = noise / size.clamp_min(1e-12).view(-1, *([1] * (noise.ndim - 1)))
             return (images + self.eps * noise).clamp(0, 1).detach()
 
-    return torchattacks, FGM, GaussianNoise
+    return torchattacks, GradientAttack, GaussianNoise
 
 
 def _max_distance(norm: str, shape: Sequence[int]) -> float:
@@ -136,31 +211,38 @@ def _step_size(opts: Mapping[str, Any], eps: float, rule: float) -> float:
     return rel * eps
 
 
+def _gradient(model, o, eps, norm, **settings):
+    """The loss-aware gradient attack with loss ``o["loss"]``; ``"ce+margin"`` runs both, margin first, and
+    keeps per point whichever fools the model (the CE run only on the points the margin run left)."""
+    losses = o["loss"].split("+")
+    runs = [_extra_attacks()[1](model, eps, norm=norm, loss=loss, **settings) for loss in reversed(losses)]
+    return runs[0] if len(runs) == 1 else _FirstSuccess(model, runs)
+
+
 def _build_fgsm(model, eps, norm, k, o):
-    return _extra_attacks()[0].FGSM(model, eps=eps)
+    return _gradient(model, o, eps, "Linf", alpha=eps, steps=1)
 
 
 def _build_fgm(model, eps, norm, k, o):
-    return _extra_attacks()[1](model, eps=eps)
+    return _gradient(model, o, eps, "L2", alpha=eps, steps=1)
 
 
 def _build_bim(model, eps, norm, k, o):
-    return _extra_attacks()[0].BIM(model, eps=eps, alpha=_step_size(o, eps, 1.0), steps=o["steps"])
+    return _gradient(model, o, eps, "Linf", alpha=_step_size(o, eps, 1.0), steps=o["steps"])
 
 
 def _build_mim(model, eps, norm, k, o):
-    return _extra_attacks()[0].MIFGSM(model, eps=eps, alpha=_step_size(o, eps, 1.0), steps=o["steps"],
-                                      decay=o["decay"])
+    return _gradient(model, o, eps, "Linf", alpha=_step_size(o, eps, 1.0), steps=o["steps"], decay=o["decay"])
 
 
 def _build_pgd(model, eps, norm, k, o):
-    return _extra_attacks()[0].PGD(model, eps=eps, alpha=_step_size(o, eps, 2.5), steps=o["steps"],
-                                   random_start=o["random_start"])
+    return _gradient(model, o, eps, "Linf", alpha=_step_size(o, eps, 2.5), steps=o["steps"],
+                     random_start=o["random_start"])
 
 
 def _build_pgdl2(model, eps, norm, k, o):
-    return _extra_attacks()[0].PGDL2(model, eps=eps, alpha=_step_size(o, eps, 2.5), steps=o["steps"],
-                                     random_start=o["random_start"])
+    return _gradient(model, o, eps, "L2", alpha=_step_size(o, eps, 2.5), steps=o["steps"],
+                     random_start=o["random_start"])
 
 
 def _build_deepfool(model, eps, norm, k, o):
@@ -168,28 +250,36 @@ def _build_deepfool(model, eps, norm, k, o):
 
 
 def _build_cw(model, eps, norm, k, o):
-    """torchattacks' CW has one fixed ``c``; prototype scores (squared distances) have no natural scale, so
-    CW runs once per ``c`` in a list and each point keeps its smallest adversarial (a coarse search over c)."""
+    """torchattacks' CW has one fixed ``c``; CW runs once per ``c`` in a list and each point keeps its smallest
+    adversarial (a coarse search over c), on scores rescaled per sample to a unit range (:class:`_UnitScores`)."""
     cs = o["c"] if isinstance(o["c"], (list, tuple)) else [o["c"]]
-    shifted = _PositiveScores(model)
-    runs = [_extra_attacks()[0].CW(shifted, c=float(c), kappa=o["kappa"], steps=o["steps"], lr=o["lr"]) for c in cs]
+    unit = _UnitScores(model)
+    runs = [_extra_attacks()[0].CW(unit, c=float(c), kappa=o["kappa"], steps=o["steps"], lr=o["lr"]) for c in cs]
     return _SmallestOf(model, runs, norm)
 
 
-class _PositiveScores(nn.Module):
-    """``scores − min(scores) + 1`` per sample: the same argmax and score differences, all positive.
+class _UnitScores(nn.Module):
+    """``(scores − min) / (max − min)`` per sample, the shift and scale held constant (detached): the same
+    argmax, all scores in [0, 1].
 
     torchattacks' CW finds the best other class as ``max((1 − onehot) · scores)``, which is 0, not the best
     other score, when scores are negative (prototype heads return negative distances): its loss would be
-    flat. Shifting each sample's scores by a constant leaves CW's margin ``f_y − max_{j≠y} f_j`` unchanged."""
+    flat; scores in [0, 1] fix that. The per-sample scale makes CW's trade-off ``‖δ‖² + c·margin`` the same
+    for a model and its rescaled twin (prototype scores have no natural scale), so one list of ``c`` fits both.
+
+    Built in eval mode and kept there: torchattacks puts the module it wraps back into the mode it had when
+    the attack was called, and a wrapper in training mode would switch the whole model to training mode.
+    """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = self.model(x)
-        return scores - scores.detach().amin(1, keepdim=True) + 1.0
+        scores = self.model(x).float()
+        low, high = scores.detach().amin(1, keepdim=True), scores.detach().amax(1, keepdim=True)
+        return (scores - low) / (high - low).clamp_min(1e-30)
 
 
 class _SmallestOf:
@@ -209,6 +299,28 @@ class _SmallestOf:
             better = dist < best_dist
             best[better] = adv[better]
             best_dist = torch.minimum(best_dist, dist)
+        return best
+
+
+class _FirstSuccess:
+    """Run fixed-budget attacks in turn, each on the points the previous ones did not fool; per point keep the
+    first adversarial that fools ``model`` (every one is within the same budget, so any will do)."""
+
+    def __init__(self, model: nn.Module, attacks: list):
+        self.model, self.attacks = model, attacks
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        best = x.clone()
+        left = torch.ones(len(y), dtype=torch.bool, device=x.device)
+        for attack in self.attacks:
+            idx = left.nonzero().squeeze(1)
+            if not len(idx):
+                break
+            adv = attack(x[idx], y[idx]).detach()
+            with torch.no_grad():
+                fooled = self.model(adv).argmax(1) != y[idx]
+            best[idx[fooled]] = adv[fooled]
+            left[idx[fooled]] = False
         return best
 
 
@@ -247,22 +359,24 @@ def _build_gaussian(model, eps, norm, k, o):
     return _extra_attacks()[2](model, eps=eps, norm=norm, seed=o["seed"])
 
 
-_ITERATIVE = {"steps": 10, "rel_stepsize": None}
+_ITERATIVE = {"steps": 10, "rel_stepsize": None, "loss": "auto"}
+_PGD = {"steps": 20, "rel_stepsize": None, "random_start": True, "loss": "auto"}
 ATTACKS: dict[str, AttackSpec] = {
-    "fgsm": AttackSpec(("Linf",), False, True, {}, _build_fgsm, "one signed-gradient step of size ε (CE)"),
-    "fgm": AttackSpec(("L2",), False, True, {}, _build_fgm, "one L2-normalised gradient step of size ε (CE)"),
+    "fgsm": AttackSpec(("Linf",), False, True, {"loss": "auto"}, _build_fgsm, "one signed-gradient step of size ε"),
+    "fgm": AttackSpec(("L2",), False, True, {"loss": "auto"}, _build_fgm, "one L2-normalised gradient step of size ε"),
     "bim": AttackSpec(("Linf",), False, True, dict(_ITERATIVE), _build_bim,
-                      "iterative FGSM, step ε/steps (rel_stepsize), no random start (CE)"),
+                      "iterative FGSM, step ε/steps (rel_stepsize), no random start"),
     "mim": AttackSpec(("Linf",), False, True, {**_ITERATIVE, "decay": 1.0}, _build_mim,
-                      "momentum iterative FGSM, step ε/steps, decay 1 (CE)"),
-    "pgd": AttackSpec(("Linf",), False, True, {"steps": 20, "rel_stepsize": None, "random_start": True}, _build_pgd,
-                      "PGD with random start, step 2.5·ε/steps (CE); pgd-N sets steps"),
-    "pgd-l2": AttackSpec(("L2",), False, True, {"steps": 20, "rel_stepsize": None, "random_start": True},
-                         _build_pgdl2, "PGD in L2 with random start, step 2.5·ε/steps (CE)"),
+                      "momentum iterative FGSM, step ε/steps, decay 1"),
+    "pgd": AttackSpec(("Linf",), False, True, dict(_PGD), _build_pgd,
+                      "PGD with random start, step 2.5·ε/steps; pgd-N sets steps"),
+    "pgd-l2": AttackSpec(("L2",), False, True, dict(_PGD), _build_pgdl2,
+                         "PGD in L2 with random start, step 2.5·ε/steps"),
     "deepfool": AttackSpec(("L2",), True, True, {"steps": 50, "overshoot": 0.02}, _build_deepfool,
                            "minimal L2 (linearised boundary steps)"),
     "cw": AttackSpec(("L2",), True, True, {"c": [0.1, 1.0, 10.0, 100.0], "kappa": 0.0, "steps": 100, "lr": 0.01},
-                     _build_cw, "minimal L2 Carlini-Wagner (margin loss), one run per c, smallest adversarial kept"),
+                     _build_cw, "minimal L2 Carlini-Wagner (margin loss on scores scaled to a unit range per "
+                                "sample), one run per c, smallest adversarial kept"),
     "fab": AttackSpec(NORMS, True, True, {"steps": 100, "n_restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9,
                                           "seed": 0}, _build_fab, "minimal FAB (untargeted)"),
     "square": AttackSpec(NORMS, False, False, {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "seed": 0},
@@ -272,17 +386,22 @@ ATTACKS: dict[str, AttackSpec] = {
     "gaussian": AttackSpec(NORMS, False, False, {"seed": 0}, _build_gaussian,
                            "Gaussian noise of norm ε (sanity floor)"),
 }
+# a gradient attack's `loss`: "auto" is "ce" for heads whose scores are softmax logits, else "ce+margin"
+LOSS_CHOICES = ("auto", "ce", "margin", "ce+margin")
 _STANDARD_AUTOATTACK = {"steps": 100, "n_queries": 5000, "n_target_classes": 9}
 
 
 def _parse_attack(name: str, options: Mapping[str, Mapping[str, Any]]) -> tuple[str, AttackSpec, dict[str, Any]]:
-    """``"pgd-20"`` → (``"pgd"``, spec, options with steps=20); unknown names and options are ValueErrors."""
-    key = str(name).strip().lower()
+    """``"pgd-20"`` → (``"pgd"``, spec, options with steps=20); ``"fgsm@margin"`` sets the loss; options given
+    for the full name or the bare attack override the defaults; unknown names and options are ValueErrors."""
+    text = str(name).strip().lower()
+    key, _, loss = text.partition("@")
     steps = None
     if key not in ATTACKS and (m := re.fullmatch(r"(.+)-(\d+)", key)) and m.group(1) in ATTACKS:
         key, steps = m.group(1), int(m.group(2))
     if key not in ATTACKS:
-        raise ValueError(f"attack: unknown '{name}' (known: {', '.join(ATTACKS)}; pgd-20 etc. set the steps)")
+        raise ValueError(f"attack: unknown '{name}' (known: {', '.join(ATTACKS)}; pgd-20 etc. set the steps, "
+                         "fgsm@margin etc. the loss)")
     spec = ATTACKS[key]
     opts = dict(spec.defaults)
     if steps is not None:
@@ -294,7 +413,22 @@ def _parse_attack(name: str, options: Mapping[str, Mapping[str, Any]]) -> tuple[
     if unknown:
         raise ValueError(f"attack '{name}': unknown option(s) {', '.join(unknown)} (known: {', '.join(opts) or 'none'})")
     opts.update(given)
+    if loss:
+        if "loss" not in opts:
+            raise ValueError(f"attack '{name}': {key} has no loss to choose (gradient attacks have: "
+                             f"{', '.join(k for k, s in ATTACKS.items() if 'loss' in s.defaults)})")
+        opts["loss"] = loss
+    if "loss" in opts and opts["loss"] not in LOSS_CHOICES:
+        raise ValueError(f"attack '{name}': loss '{opts['loss']}' is not one of {', '.join(LOSS_CHOICES)}")
     return key, spec, opts
+
+
+def default_loss(model: nn.Module) -> str:
+    """The loss ``"auto"`` stands for: ``"ce"`` when the model's head declares that its scores are softmax
+    logits (``Head.scores_are_logits``, the ``linear`` head), else ``"ce+margin"``, the per-point worst of both
+    (prototype scores saturate cross-entropy; see :func:`attack_loss`)."""
+    head = getattr(model, "head", None)
+    return "ce" if getattr(head, "scores_are_logits", False) else "ce+margin"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -401,6 +535,9 @@ def _run(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float 
         else:
             with torch.enable_grad():
                 adv = attack(bx, by)
+            # torchattacks returns the module it wraps to the mode that module had; whatever an attack did,
+            # verification and every later attack see the eval-mode model
+            model.eval()
         adv, valid, excess = _verify(bx, adv, eps, norm)
         with torch.no_grad():
             fooled = (model(adv).argmax(1) != by) & valid
@@ -486,8 +623,9 @@ def evaluate(
     batch_size: int = 128,
     attack_options: Mapping[str, Mapping[str, Any]] | None = None,
     thresholds: Mapping[str, float] | None = None,
-    bisection_steps: int = 6,
+    bisection_steps: int = 0,
     strict: bool = True,
+    seed: int = 0,
     model_name: str | None = None,
     dataset_name: str | None = None,
     plot: str | Path | None = None,
@@ -508,8 +646,13 @@ def evaluate(
         attack_options: ``{attack: {option: value}}`` over the defaults in ``ATTACKS[name].defaults``
             (e.g. ``{"square": {"n_queries": 1000}}``); recorded in ``settings``.
         thresholds: ``{norm: t}`` for the threshold accuracy (default t₂ = 1.5, t∞ = 0.3).
-        bisection_steps: per-sample bisection steps on ε refining a fixed-budget attack's distance.
+        bisection_steps: per-sample bisection steps on ε refining a fixed-budget attack's minimal distance
+            (Saralajew et al.'s median-δ); each step costs up to one more attack run, so the default 0 runs a
+            fixed-budget attack once per ε and its distances are the smallest adversarial over the ε grid (an
+            upper bound of the minimal distance, as ``settings["fixed_budget_distances"]`` says).
         strict: raise :class:`AttackError` on an invalid attack output (else warn and count it as not broken).
+        seed: seeds every attack's randomness (random starts, Square) inside a forked RNG, so two identical
+            calls give identical reports and the caller's RNG state is left as it was.
         plot, save_examples: PNG paths for the robustness curves and a grid of adversarial examples.
         log: called with one line per finished attack (e.g. ``print``).
     """
@@ -524,24 +667,27 @@ def evaluate(
                                  f"(attacks for {n}: {', '.join(alternatives)})")
         if len({e[0] for e in entries}) != len(entries):
             raise ValueError(f"attack: a name is given twice for norm {n}")
+        for name, _, spec, _ in entries:
+            if not spec.minimal and not plan[n][1] and not bisection_steps:
+                raise ValueError(f"attack '{name}' has a fixed budget: give eps (e.g. --eps 0.1,0.3) or "
+                                 "bisection_steps > 0 to search its minimal distance")
     thresholds = {**DEFAULT_THRESHOLDS, **{normalize_norm(k): float(v) for k, v in (thresholds or {}).items()}}
     if batch_size <= 0 or (n_samples is not None and n_samples <= 0) or bisection_steps < 0:
         raise ValueError("batch_size and n_samples must be positive, bisection_steps ≥ 0")
 
     x, y = _collect(data, n_samples, batch_size)
     n = len(y)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    modes = {m: m.training for m in model.modules()}
+    device = model_device(model)
     grads = {p: p.requires_grad for p in model.parameters()}
-    model.eval()
     for p in grads:  # attacks need input gradients only; weight gradients would be wasted work
         p.requires_grad_(False)
+    devices = [device] if device.type == "cuda" else []
     try:
-        return _evaluate(model, x, y, parsed, plan, thresholds, batch_size, bisection_steps, strict, device,
-                         model_name, dataset_name, plot, save_examples, log)
+        with eval_mode(model), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return _evaluate(model, x, y, parsed, plan, thresholds, batch_size, bisection_steps, strict, device,
+                             model_name, dataset_name, plot, save_examples, log)
     finally:
-        for m, training in modes.items():
-            m.training = training
         for p, flag in grads.items():
             p.requires_grad_(flag)
 
@@ -561,7 +707,14 @@ def _evaluate(model, x, y, parsed, plan, thresholds, batch_size, bisection_steps
     distances: dict[str, dict[str, torch.Tensor]] = {}
     failures: dict[str, dict[str, int]] = {}
     distance_seconds: dict[str, dict[str, float]] = {}
+    loss = default_loss(model)
     settings: dict[str, Any] = {"attacks": {}, "bisection_steps": bisection_steps,
+                                "fixed_budget_distances": (
+                                    f"refined per point by {bisection_steps} bisection steps on eps" if bisection_steps
+                                    else "the smallest adversarial over the eps grid, not refined (an upper bound of "
+                                         "the minimal distance; pass bisection_steps > 0 for Saralajew et al.'s "
+                                         "median-delta)"),
+                                "loss_auto": loss,
                                 "verification": f"re-run on the returned images; tolerance {_ABS_TOL:g} + "
                                                 f"{_REL_TOL:g}·eps, excess within it projected; "
                                                 f"strict={strict}",
@@ -577,6 +730,8 @@ def _evaluate(model, x, y, parsed, plan, thresholds, batch_size, bisection_steps
         eps_list = plan[run_norm][1]
         distances[run_norm], failures[run_norm], distance_seconds[run_norm] = {}, {}, {}
         for name, key, spec, opts in entries:
+            if opts.get("loss") == "auto":
+                opts = {**opts, "loss": loss}
             label = f"{name} ({run_norm})"
             recorded = {"attack": key, "norm": run_norm, "minimal": spec.minimal, "white_box": spec.white_box,
                         "about": spec.summary, **opts}
@@ -618,7 +773,7 @@ def _evaluate(model, x, y, parsed, plan, thresholds, batch_size, bisection_steps
                     _check(out, f"{label} at eps={e:g}", strict, warnings)
                     robust = int(len(cy) - out.success.sum())
                     results.append({"attack": name, "norm": run_norm, "eps": e, "robust_accuracy": robust / n,
-                                    "seconds": seconds})
+                                    "seconds": seconds, **({"loss": opts["loss"]} if "loss" in opts else {})})
                     newly = out.success & ~torch.isfinite(hi)
                     hi[newly] = e
                     lo[~out.success & (lo < e) & (e < hi)] = e
@@ -659,7 +814,7 @@ def _evaluate(model, x, y, parsed, plan, thresholds, batch_size, bisection_steps
         distances[run_norm]["worst_case"] = worst
 
     class_share = float(torch.bincount(y).max()) / n
-    warnings += _masking_warnings(results, parsed, n, class_share, x.shape[1:])
+    warnings += _masking_warnings(results, parsed, n, class_share, x.shape[1:], loss)
     report = {
         "model": model_name or _model_name(model),
         "dataset": dataset_name or "tensors",
@@ -689,7 +844,8 @@ def _model_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
-def _masking_warnings(results: list[dict], parsed, n: int, class_share: float, shape) -> list[str]:
+def _masking_warnings(results: list[dict], parsed, n: int, class_share: float, shape,
+                       logits_expected: str) -> list[str]:
     """Signals of gradient masking in the robustness curves."""
     out = []
     slack = 0.5 / n  # one point's difference is a real difference
@@ -728,15 +884,11 @@ def _masking_warnings(results: list[dict], parsed, n: int, class_share: float, s
                         out.append(f"{bname} (black-box) beats {wname} (white-box) at eps={r['eps']:g} ({run_norm}): "
                                    f"{bacc[r['eps']]:.4f} < {r['robust_accuracy']:.4f}; {wname}'s gradients "
                                    "mislead it (gradient masking?)")
-    if by and all(_parse_key(name) in _CE_ATTACKS for name, _ in by):
-        out.append("only cross-entropy attacks were run: prototype scores are large squared distances on which CE "
-                   "saturates; add a margin-loss attack (cw, autoattack) and a black-box one (square)")
+    if logits_expected != "ce" and results and all(r.get("loss") == "ce" for r in results):
+        out.append("only cross-entropy attacks were run, on scores that are not softmax logits: prototype scores "
+                   "are squared distances on which CE saturates; add a margin-loss attack (pgd@margin, cw, "
+                   "autoattack) and a black-box one (square)")
     return out
-
-
-def _parse_key(name: str) -> str:
-    m = re.fullmatch(r"(.+)-(\d+)", name)
-    return m.group(1) if m and m.group(1) in ATTACKS else name
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -872,7 +1024,7 @@ class EvalSettings:
     attack_options: Mapping[str, Mapping[str, Any]]
     n_samples: int | None = None
     batch_size: int = 128
-    bisection_steps: int = 6
+    bisection_steps: int = 0
 
     @classmethod
     def resolve(cls, table: Mapping[str, Any] | None, **cli: Any) -> "EvalSettings":
@@ -919,7 +1071,7 @@ class EvalSettings:
         items = raw_opts.items() if isinstance(raw_opts, Mapping) else (s.partition(":")[::2] for s in as_list(raw_opts))
         for name, spec in items:
             options.setdefault(str(name).strip(), {}).update(parse_options(spec, f"attack_opt {name}"))
-        n_samples, batch_size, steps = pick("n_samples"), pick("batch_size", 128), pick("bisection_steps", 6)
+        n_samples, batch_size, steps = pick("n_samples"), pick("batch_size", 128), pick("bisection_steps", 0)
         return cls(attacks, eps, thresholds, options, None if n_samples is None else int(n_samples), int(batch_size),
                    int(steps))
 

@@ -11,6 +11,7 @@ import torch
 
 from .head import squared_euclidean
 from .model import ProtoModel
+from .utils import eval_mode, model_device
 
 __all__ = ["adversarial_rows", "prototype_images", "plot_adversarial", "plot_prototypes", "run_data"]
 
@@ -100,8 +101,13 @@ def plot_prototypes(model: ProtoModel, path: str | Path, data=None, neighbours: 
     the interpretability argument of the prototype papers. At most ``max_prototypes`` are drawn
     (the first of each class first).
     """
+    with eval_mode(model):
+        return _plot_prototypes(model, path, data, neighbours, max_prototypes, batch_size)
+
+
+def _plot_prototypes(model: ProtoModel, path: str | Path, data, neighbours: int, max_prototypes: int,
+                     batch_size: int) -> Path:
     plt = _figure_module()
-    model = model.eval()
     protos, labels = _head_prototypes(model)
     classes = list(getattr(data, "classes", []) or range(model.num_classes))
     order = torch.argsort(torch.arange(len(labels)) % max(1, len(labels) // model.num_classes), stable=True)
@@ -162,13 +168,11 @@ def adversarial_rows(model: torch.nn.Module, data, attacks: list[str], eps: list
     attacks are those of :mod:`robustproto.evaluate` (same names, defaults and verification of every
     output as ``robustproto eval``); where an attack finds no adversarial the clean image stays.
     """
-    from .evaluate import _collect, _parse_attack, _predict, _run, normalize_norm
+    from .evaluate import _collect, _parse_attack, _predict, _run, default_loss, normalize_norm
 
     norm = normalize_norm(norm)
-    was_training = model.training
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
+    device = model_device(model)
+    with eval_mode(model):
         x, y = _collect(data, None, batch_size)
         correct = (_predict(model, x, batch_size, device) == y).nonzero().squeeze(1)[:n_images]
         if len(correct) == 0:
@@ -179,6 +183,8 @@ def adversarial_rows(model: torch.nn.Module, data, attacks: list[str], eps: list
         rows = [("clean", x, y, None, y)]
         for name in attacks:
             _, spec, options = _parse_attack(name, {})
+            if options.get("loss") == "auto":
+                options["loss"] = default_loss(model)
             if norm not in spec.norms:
                 raise ValueError(f"attack '{name}' works in {'/'.join(spec.norms)}, not {norm}")
             budgets = [None] if spec.minimal else list(eps)
@@ -190,8 +196,6 @@ def adversarial_rows(model: torch.nn.Module, data, attacks: list[str], eps: list
                 label = f"{name}\nε={e:g}" if e is not None else f"{name}\n(minimal)"
                 rows.append((label, out.examples, _predict(model, out.examples, batch_size, device),
                              None if e is not None else out.distance, y))
-    finally:
-        model.train(was_training)
     return rows
 
 

@@ -53,8 +53,8 @@ def test_pgd_robust_accuracy_never_rises_with_eps(tiny):
     assert report["settings"]["attacks"]["pgd-10/Linf"]["steps"] == 10
 
 
-def _fake(build, minimal=False):
-    return AttackSpec(("Linf", "L2"), minimal, True, {}, build, "test double")
+def _fake(build, minimal=False, defaults=None):
+    return AttackSpec(("Linf", "L2"), minimal, True, dict(defaults or {}), build, "test double")
 
 
 def test_verification_rejects_perturbations_beyond_the_budget(tiny, monkeypatch):
@@ -77,7 +77,8 @@ def test_verification_rejects_images_outside_the_box(tiny, monkeypatch):
 def test_a_float_rounding_excess_is_projected_not_rejected(tiny, monkeypatch):
     model, x, y = tiny
     fgsm = ATTACKS["fgsm"].build  # FGSM with a budget 3e-6 too large: within the float tolerance
-    monkeypatch.setitem(ATTACKS, "rounding", _fake(lambda m, eps, norm, k, o: fgsm(m, eps + 3e-6, norm, k, o)))
+    monkeypatch.setitem(ATTACKS, "rounding", _fake(lambda m, eps, norm, k, o: fgsm(m, eps + 3e-6, norm, k, o),
+                                                   defaults=ATTACKS["fgsm"].defaults))
     report = evaluate(model, (x, y), attacks=["rounding"], eps=[0.3], bisection_steps=0)
     finite = [d for d in report["distances"]["Linf"]["rounding"] if 0 < d < math.inf]
     assert finite and max(finite) <= 0.3 + 1e-6  # projected back: float32 rounding only, not the 3e-6 excess
@@ -224,3 +225,165 @@ def test_eval_and_certify_cli_on_a_saved_run(tmp_path):
     assert result.exit_code == 0, result.output
     cert = json.loads((tmp_path / "cert.json").read_text())
     assert len(cert["radii"]) == 20 and set(cert["certified_accuracy"]) == {"0.5", "1"}
+
+
+# ------------------------------------------------------------------ losses, scale, state: the honest-numbers checks
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """64 bundled MNIST test images and a flatten → 16-d linear neck → GLVQ model initialised on 512 training images."""
+    from robustproto.data import load_split
+
+    train, test = load_split("mnist-small", "train", max_samples=512), load_split("mnist-small", "test", max_samples=64)
+    xt = torch.stack([train[i][0] for i in range(len(train))])
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    torch.manual_seed(0)
+    model = robustproto.wrap("flatten", head="glvq", num_classes=10, embed_dim=16)
+    with torch.no_grad():
+        model.head.init_from_data(model.embed(xt), train.labels)
+    return model.eval(), x, test.labels.clone()
+
+
+def _scaled_twin(model, c):
+    """The same classifier with its embedding and prototypes multiplied by c: GLVQ's decisions do not change."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.neck.weight.mul_(c)
+        twin.neck.bias.mul_(c)
+        twin.head.prototypes.mul_(c)
+    return twin
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("fgsm", lambda ta, m, e: ta.FGSM(m, eps=e)),
+    ("bim", lambda ta, m, e: ta.BIM(m, eps=e, alpha=e / 10, steps=10)),
+    ("mim", lambda ta, m, e: ta.MIFGSM(m, eps=e, alpha=e / 10, steps=10, decay=1.0)),
+    ("pgd", lambda ta, m, e: ta.PGD(m, eps=e, alpha=2.5 * e / 20, steps=20, random_start=True)),
+    ("pgd-l2", lambda ta, m, e: ta.PGDL2(m, eps=e * 10, alpha=2.5 * e * 10 / 20, steps=20, random_start=True)),
+    ("fgm", lambda ta, m, e: ta.PGDL2(m, eps=e * 10, alpha=e * 10, steps=1, random_start=False)),
+])
+def test_ce_gradient_attacks_equal_torchattacks(digits, name, reference):
+    import torchattacks
+
+    model, x, y = digits
+    eps = 0.1 * (10 if name in ("pgd-l2", "fgm") else 1)
+    ours = ATTACKS[name].build(model, eps, ATTACKS[name].norms[0], 10, {**ATTACKS[name].defaults, "loss": "ce"})
+    torch.manual_seed(1)
+    expected = reference(torchattacks, model, 0.1)(x, y)
+    torch.manual_seed(1)
+    assert torch.allclose(ours(x, y), expected, atol=1e-6)
+
+
+def test_margin_loss_is_the_default_beside_ce_for_prototype_heads(digits):
+    model, x, y = digits
+    report = evaluate(model, (x, y), attacks=["pgd-5", "fgsm@margin", "fgsm@ce"], eps=[0.1])
+    losses = {r["attack"]: r["loss"] for r in report["results"]}
+    assert losses == {"pgd-5": "ce+margin", "fgsm@margin": "margin", "fgsm@ce": "ce"}
+    # scaled by 100 the same classifier saturates softmax: CE-FGSM then measures the scale, margin-FGSM does not
+    report = evaluate(_scaled_twin(model, 100.0), (x, y), attacks=["fgsm@margin", "fgsm@ce"], eps=[0.02])
+    acc = {r["attack"]: r["robust_accuracy"] for r in report["results"]}
+    assert acc["fgsm@margin"] < acc["fgsm@ce"], acc
+    linear = robustproto.wrap("flatten", head="linear", num_classes=10)  # softmax logits: CE is the default
+    assert evaluate(linear, (x, y), attacks=["fgsm"], eps=[0.1])["results"][0]["loss"] == "ce"
+    with pytest.raises(ValueError, match="loss 'hinge'"):
+        evaluate(model, (x, y), attacks=["pgd@hinge"], eps=[0.1])
+    with pytest.raises(ValueError, match="no loss to choose"):
+        evaluate(model, (x, y), attacks=["square@margin"], eps=[0.1])
+
+
+FAST = {"deepfool": {"steps": 20}, "cw": {"steps": 20}, "fab": {"steps": 20}, "square": {"n_queries": 200},
+        "autoattack": {"steps": 10, "n_queries": 100}, "bim": {"steps": 5}, "mim": {"steps": 5},
+        "pgd": {"steps": 5}, "pgd-l2": {"steps": 5}}
+
+
+def _menu(norm):
+    return [name for name, spec in ATTACKS.items() if norm in spec.norms]
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", [0.05, 0.1]), ("L2", [1.0, 2.0])])
+def test_a_model_and_its_rescaled_twin_get_the_same_numbers(digits, norm, eps):
+    model, x, y = digits
+    # 128, not 100: a power of two scales every float exactly, so a difference is the attack's, not rounding's
+    # (with c = 100, DeepFool's 20-step budget ends on either side of the boundary for 2 of 64 points)
+    twin = _scaled_twin(model, 128.0)
+    with torch.no_grad():
+        assert torch.equal(model(x).argmax(1), twin(x).argmax(1))
+    reports = [evaluate(m, (x, y), attacks=_menu(norm), eps=eps, norm=norm, attack_options=FAST) for m in (model, twin)]
+    rows = [{(r["attack"], r["eps"]): r["robust_accuracy"] for r in rep["results"]} for rep in reports]
+    assert rows[0] == rows[1]
+    assert min(rows[0].values()) < reports[0]["clean_accuracy"]  # the attacks did break points
+
+
+@pytest.fixture
+def dropout_bn_model():
+    """kp_cnn_mnist (BatchNorm) with dropout and a GLVQ head, given non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = robustproto.wrap("kp_cnn_mnist", head="glvq", num_classes=10, in_chans=1, drop_rate=0.5)
+    x = torch.rand(64, 1, 28, 28)
+    with torch.no_grad():
+        model.train()(x)  # running statistics that differ from batch statistics
+        model.eval()
+        model.head.init_from_data(model.embed(x), torch.arange(64) % 10)
+    return model
+
+
+def _without_timings(report):
+    drop = {"seconds", "clean_seconds", "distance_seconds"}
+    if isinstance(report, dict):
+        return {k: _without_timings(v) for k, v in report.items() if k not in drop}
+    if isinstance(report, list):
+        return [_without_timings(v) for v in report]
+    return report
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_evaluate_leaves_modes_and_buffers_exactly_as_found(dropout_bn_model, mnist_like, mode):
+    model = dropout_bn_model.train(mode == "train")
+    x, _ = mnist_like
+    with torch.no_grad():
+        y = model.eval()(x[:16]).argmax(1)  # every point correctly classified: every attack runs on all of them
+    model.train(mode == "train")
+    modes = {name: m.training for name, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    hook = [m.register_forward_pre_hook(lambda mod, inp: calls.append(mod.training))
+            for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout))]
+    plan = {"L2": _menu("L2"), "Linf": _menu("Linf")}
+    eps = {"L2": [1.0], "Linf": [0.1]}
+    first = evaluate(model, (x[:8], y[:8]), attacks=plan, eps=eps, attack_options=FAST, bisection_steps=1)
+    for h in hook:
+        h.remove()
+    assert calls and not any(calls)  # no BatchNorm or dropout forward pass ran in training mode
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    second = evaluate(model, (x[:8], y[:8]), attacks=plan, eps=eps, attack_options=FAST, bisection_steps=1)
+    assert _without_timings(first) == _without_timings(second)
+
+
+def test_standard_autoattack_is_built_with_the_original_settings(digits):
+    model, _, _ = digits
+    suite = ATTACKS["autoattack"].build(model, 0.3, "Linf", 10, dict(ATTACKS["autoattack"].defaults))
+    apgd_ce, apgd_t, fab_t, square = suite.attacks
+    assert (type(apgd_ce).__name__, apgd_ce.loss, apgd_ce.steps, apgd_ce.n_restarts) == ("APGD", "ce", 100, 1)
+    assert (type(apgd_t).__name__, apgd_t.steps, apgd_t.n_target_classes) == ("APGDT", 100, 9)
+    assert (type(fab_t).__name__, fab_t.steps, fab_t.multi_targeted, fab_t.n_target_classes) == ("FAB", 100, True, 9)
+    assert (type(square).__name__, square.n_queries) == ("Square", 5000)
+    assert all(a.eps == 0.3 and a.norm == "Linf" for a in suite.attacks)
+
+
+def test_a_fixed_budget_attack_runs_once_per_eps_by_default(digits, monkeypatch):
+    model, x, y = digits
+    built = []
+    pgd = ATTACKS["pgd"].build
+    monkeypatch.setitem(ATTACKS, "pgd", AttackSpec(("Linf",), False, True, ATTACKS["pgd"].defaults,
+                                                   lambda *a: built.append(a[1]) or pgd(*a), "counted"))
+    report = evaluate(model, (x, y), attacks=["pgd-5@ce"], eps=[0.1])
+    assert built == [0.1]
+    assert "not refined" in report["settings"]["fixed_budget_distances"]
+    evaluate(model, (x, y), attacks=["pgd-5@ce"], eps=[0.1], bisection_steps=2)
+    assert len(built) > 2
+    with pytest.raises(ValueError, match="fixed budget"):
+        evaluate(model, (x, y), attacks=["pgd"], eps=[])

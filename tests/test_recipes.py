@@ -63,6 +63,7 @@ def test_recipe_eval_table_is_what_eval_and_certify_run(path):
     if paper == "saralajew":
         assert dict(settings.thresholds) == {"L2": 1.5, "Linf": 0.3}
         assert {"deepfool", "fgm", "pgd-l2", "fgsm", "bim", "mim"} <= {n for v in settings.attacks.values() for n in v}
+        assert settings.bisection_steps > 0  # Table 1's median-δ of the fixed-budget attacks
     if paper == "serban":
         assert set(settings.attacks["Linf"]) == {"pgd-20", "pgd-100", "autoattack"}
         assert min(settings.eps["Linf"]) == 8 / 255 and max(settings.eps["Linf"]) == 16 / 255
@@ -70,7 +71,8 @@ def test_recipe_eval_table_is_what_eval_and_certify_run(path):
         assert table["certify"] == {"norm": "L2", "n_samples": 10000}
     if paper == "khalid":
         top = 6.0 if "-mnist-" in path.stem else 0.2
-        assert settings.attacks == {"Linf": ("fgsm",)} and settings.eps["Linf"][1] == 0.001
+        # the paper's CE-FGSM beside FGSM on the scale-free margin
+        assert settings.attacks == {"Linf": ("fgsm@ce", "fgsm@margin")} and settings.eps["Linf"][1] == 0.001
         assert max(settings.eps["Linf"]) == top
 
 

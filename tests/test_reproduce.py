@@ -61,3 +61,16 @@ def test_small_scale_shrinks_every_recipe_into_a_valid_protocol(reproduce, data_
         # which attacks run may change, never their strength (steps, restarts, queries)
         assert settings.attack_options == as_written.attack_options
     assert reproduce.SMALL == shared_table  # planning one recipe never changes another's
+
+
+def test_reports_name_no_folder_of_the_machine(reproduce, tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "hein-mnist-mlp-none").mkdir(parents=True)
+    skipped = reproduce.plan_experiment(ROOT / "recipes" / "serban-cifar100-repulsive.toml", "small", tmp_path, runs)
+    outcome = reproduce.Outcome("hein-mnist-mlp-none", "small",
+                                {"output": str(reproduce.ROOT / "runs" / "x"), "data_dir": str(tmp_path)})
+    args = type("Args", (), {"results": tmp_path / "results", "scale": "small", "data_dir": tmp_path})()
+    md = reproduce.write_results([skipped, outcome], args)
+    text = md.read_text() + (tmp_path / "results" / "reproduction_small.json").read_text()
+    assert str(tmp_path) not in text and str(reproduce.ROOT) not in text
+    assert "--data-dir" in text

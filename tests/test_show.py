@@ -170,3 +170,22 @@ def test_show_curves_cli_reads_eval_reports(tmp_path):
     (tmp_path / "bad.json").write_text('{"model": "x"}')
     result = runner.invoke(app, ["show", "curves", str(tmp_path / "bad.json")])
     assert isinstance(result.exception, UserError) and "not a report" in str(result.exception)
+
+
+def test_pictures_leave_every_module_in_the_mode_it_had(digits, tmp_path):
+    from robustproto.show import adversarial_rows
+
+    model = robustproto.wrap("kp_cnn_mnist", head="glvq", num_classes=10, drop_rate=0.5).train()
+    model.backbone.eval()  # mixed modes: a frozen backbone inside a training model
+    modes = {name: m.training for name, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plot_prototypes(model, tmp_path / "nn.png", data=digits, neighbours=2, max_prototypes=2)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    x = torch.stack([digits[i][0] for i in range(16)])
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)  # correctly classified by construction
+    model.train()
+    model.backbone.eval()
+    adversarial_rows(model, (x, y), ["fgsm"], [0.1], n_images=4)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
