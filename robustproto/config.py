@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,28 +234,41 @@ def _check_values(cfg: TrainConfig) -> None:
     for key in ("workers", "warmup_epochs", "freeze_backbone_epochs", "seed"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{key}: must not be negative, got {getattr(cfg, key)}")
-    if cfg.lr <= 0:
-        raise ValueError(f"lr: must be positive, got {cfg.lr}")
-    if cfg.weight_decay < 0:
-        raise ValueError(f"weight_decay: must not be negative, got {cfg.weight_decay}")
+    if cfg.warmup_epochs and cfg.sched == "none":
+        raise ValueError(f"warmup_epochs: sched 'none' has no warm-up, got warmup_epochs={cfg.warmup_epochs}; "
+                         "pass --sched (e.g. constant) or --warmup-epochs 0")
+    if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
+        raise ValueError(f"warmup_epochs: {cfg.warmup_epochs} is not fewer than epochs ({cfg.epochs}), so the run "
+                         "ends before the learning rate reaches lr; pass --warmup-epochs below --epochs")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"lr: must be a positive finite number, got {cfg.lr}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise ValueError(f"weight_decay: must be a finite number ≥ 0, got {cfg.weight_decay}")
     if (cfg.mean is None) != (cfg.std is None):
         raise ValueError("mean/std: give both or neither")
     if cfg.mean is not None and len(cfg.mean) != len(cfg.std):
         raise ValueError(f"std: has {len(cfg.std)} channels but mean has {len(cfg.mean)}")
-    if cfg.std is not None and any(s <= 0 for s in cfg.std):
-        raise ValueError(f"std: must be positive, got {list(cfg.std)}")
+    if cfg.mean is not None and not all(map(math.isfinite, cfg.mean)):
+        raise ValueError(f"mean: must be finite numbers, got {list(cfg.mean)}")
+    if cfg.std is not None and not all(math.isfinite(s) and s > 0 for s in cfg.std):
+        raise ValueError(f"std: must be positive finite numbers, got {list(cfg.std)}")
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe TOML into a dict of config keys (``-`` in keys read as ``_``)."""
+    """Read a recipe TOML into a dict of config keys (``-`` in keys read as ``_``).
+
+    A missing file is a FileNotFoundError, an unreadable one a ValueError; both name ``config``.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"recipe not found: {path}")
+        raise FileNotFoundError(f"config: recipe not found: {path}; pass --config the path of a recipe TOML file")
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"recipe {path} is not valid TOML: {exc}") from None
+        raise ValueError(f"config: recipe {path} is not valid TOML ({exc}); fix the file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config: recipe {path} is not UTF-8 text ({exc.reason}); pass a TOML file") from None
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 

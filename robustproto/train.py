@@ -12,7 +12,8 @@ Accelerate runs it (``Accelerator(mixed_precision=...)``, ``prepare``, ``acceler
 
 Failures stop cleanly: a non-finite loss raises :class:`NonFiniteLossError` naming the step and the
 last good checkpoint; Ctrl-C (SIGINT) finishes the current step, saves a resumable state and raises
-:class:`KeyboardInterrupt`; a model that does not fit the data fails before the first step.
+:class:`KeyboardInterrupt`; a model that does not fit the data, and an optimizer or schedule that cannot
+work with the config's values, fail before the first step with a ValueError naming the option.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ __all__ = ["NonFiniteLossError", "TrainResult", "build_model", "load_pretrained_
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 @dataclass
@@ -89,7 +94,7 @@ def load_pretrained_backbone(backbone: nn.Module, path: str | Path) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"pretrained_weights: cannot read {path} ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); give a .safetensors or .pth state dict"
+                         f"{_first_line(exc)}); give a .safetensors or .pth state dict"
                          ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -139,7 +144,7 @@ def _check_fits(model: ProtoModel, data: ImageData) -> None:
             scores = model.head(z)
     except Exception as exc:
         raise ValueError(f"backbone '{model.spec.get('backbone')}' does not accept the {data.name} images "
-                         f"({shape}): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                         f"({shape}): {type(exc).__name__}: {_first_line(exc)}; "
                          "pass --img-size the backbone expects, or backbone options that fit the data "
                          "(e.g. --backbone-opt img_size=N)") from None
     finally:
@@ -181,23 +186,81 @@ def _init_head(model: ProtoModel, data: ImageData, cfg: TrainConfig, device: tor
 
 
 def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    """timm's epoch scheduler ``cfg.sched`` over ``optimizer``, stepped to epoch 0 (``None`` for ``none``).
+
+    A schedule timm cannot build or compute for the config's values is a ValueError naming ``sched``.
+    """
     if cfg.sched == "none":
         return None
     from timm.scheduler import create_scheduler_v2
 
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
-                                       warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01)
+    try:
+        scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
+                                           warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01)
+        scheduler.step(0)
+    except (ArithmeticError, AssertionError, ValueError) as exc:
+        raise ValueError(f"sched: timm's '{cfg.sched}' schedule fails for these epochs/warmup_epochs "
+                         f"({type(exc).__name__}: {_first_line(exc)}); pass smaller --epochs/--warmup-epochs or "
+                         "another --sched") from None
     return scheduler
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _create_optimizer(name: str, params: nn.Module | list[nn.Parameter], lr: float,
+                      weight_decay: float) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2
 
     try:
-        return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return create_optimizer_v2(params, opt=name, lr=lr, weight_decay=weight_decay)
     except (AssertionError, ValueError, KeyError) as exc:
-        raise ValueError(f"optimizer: timm cannot create '{cfg.optimizer}' ({exc}); use one of "
+        raise ValueError(f"optimizer: timm cannot create '{name}' ({exc}); use one of "
                          "timm.optim.list_optimizers(), e.g. adam, adamw, sgd") from None
+
+
+_PROBE_STEPS = 5
+
+
+def _probe_failure(name: str, lr: float, weight_decay: float, device: torch.device) -> str | None:
+    """How optimizer ``name`` fails in a few steps on a throwaway float32 weight of ones with a unit gradient
+    on ``device`` (that of the training, as some optimizers run only on CUDA).
+
+    ``None`` when it keeps the weight finite; else a phrase such as ``"fails in its step (RuntimeError: ...)"``.
+    Only errors a value can cause are caught (``RuntimeError``, ``ValueError``, ``ArithmeticError``).
+    """
+    weight = nn.Parameter(torch.ones(2, 2, device=device))
+    optimizer = _create_optimizer(name, [weight], lr, weight_decay)
+    try:
+        for _ in range(_PROBE_STEPS):
+            weight.grad = torch.ones_like(weight)
+            optimizer.step()
+    except (ArithmeticError, RuntimeError, ValueError) as exc:
+        return f"fails in its step ({type(exc).__name__}: {_first_line(exc)})"
+    bad = weight.detach()[~torch.isfinite(weight.detach())]
+    if len(bad):
+        return f"turns a test weight of 1 with gradient 1 into {float(bad[0])} within {_PROBE_STEPS} steps"
+    return None
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's optimizer ``cfg.optimizer`` over ``model``'s parameters, once a probe shows it can take a step.
+
+    The probe (:func:`_probe_failure`) runs the same optimizer, lr and weight decay on a throwaway weight, so
+    a value the optimizer cannot work with (an lr whose update overflows float32, an optimizer the loop
+    cannot drive) is a ValueError naming the option to change (``lr``, ``weight_decay`` or ``optimizer``)
+    before the first training step, not an error from inside it.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    failure = _probe_failure(cfg.optimizer, cfg.lr, cfg.weight_decay, device)
+    if failure is not None:
+        default_lr = TrainConfig.lr
+        if _probe_failure(cfg.optimizer, default_lr, 0.0, device) is not None:
+            key, fix = "optimizer", "choose another --optimizer, e.g. adam, adamw, sgd"
+        elif cfg.weight_decay > 0 and _probe_failure(cfg.optimizer, cfg.lr, 0.0, device) is None:
+            key, fix = "weight_decay", "pass a smaller --weight-decay"
+        else:
+            key, fix = "lr", f"pass a smaller --lr (default {default_lr:g})"
+        raise ValueError(f"{key}: timm's {cfg.optimizer} with lr={cfg.lr:g} and weight_decay={cfg.weight_decay:g} "
+                         f"{failure}; {fix}")
+    return _create_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay)
 
 
 class _StopFlag:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 import robustproto
@@ -40,3 +42,97 @@ def test_unknown_command_is_a_usage_error_not_a_traceback():
     result = subprocess.run([sys.executable, "-m", "robustproto", "frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "No such command" in result.stderr and "Traceback" not in result.stderr
+
+
+# Bad input through the real entry point (robustproto.cli.main, which turns expected errors into one line):
+# each case is (arguments, words the line must contain). {run} is a trained run folder, {tmp} a scratch
+# folder, {file} a regular file there (a path under it cannot be created, even by root), {empty} an empty
+# folder. Train cases write to {tmp}/out, eval and certify cases to {tmp}/report.json: neither may appear.
+TRAIN = ["train", "--backbone", "flatten", "--head", "linear", "--max-train-samples", "32",
+         "--max-test-samples", "16", "--output", "{tmp}/out"]
+EVAL = ["eval", "--model", "{run}", "--n-samples", "8"]
+CERTIFY = ["certify", "--model", "{run}", "--report", "{tmp}/report.json"]
+FGSM = ["--attack", "fgsm", "--eps", "0.1"]
+REPORT = ["--report", "{tmp}/report.json"]
+HUGE = "1" + "0" * 400  # beyond a float: timm's schedules cannot compute with it
+
+BAD_INPUT = {
+    "lr-overflows-adam": (TRAIN + ["--lr", "1e38"], "error: lr: "),
+    "lr-inf": (TRAIN + ["--lr", "inf"], "error: lr: "),
+    "weight-decay-blows-up-sgd": (TRAIN + ["--optimizer", "sgd", "--weight-decay", "1e38"], "error: weight_decay: "),
+    "optimizer-the-loop-cannot-drive": (TRAIN + ["--optimizer", "adahessian"], "error: optimizer: "),
+    "warmup-as-long-as-the-run": (TRAIN + ["--epochs", "2", "--warmup-epochs", "2"], "error: warmup_epochs: "),
+    "epochs-beyond-the-schedule": (TRAIN + ["--epochs", HUGE], "error: sched: "),
+    "recipe-value-of-wrong-type": (TRAIN + ["--config", "{tmp}/five.toml"], "error: epochs: "),
+    "corrupt-recipe": (TRAIN + ["--config", "{tmp}/corrupt.toml"], "error: config: "),
+    "output-under-a-file": (TRAIN[:-1] + ["{file}/run"], "error: output: "),
+    "resume-of-a-folder-that-is-not-a-run": (["train", "--resume", "{empty}", "--output", "{tmp}/out"], "resume"),
+    "imagefolder-without-data-dir": (TRAIN + ["--dataset", "imagefolder"], "--data-dir"),
+    "unknown-regularizer": (TRAIN + ["--reg", "unknown-reg"], "regularizer 'unknown-reg'"),
+    "head-opt-without-equals": (TRAIN + ["--head-opt", "oops"], "error: head_opt: "),
+    "eps-not-a-number": (EVAL + REPORT + ["--attack", "fgsm", "--eps", "0.1,abc"], "--eps: 'abc'"),
+    "eps-division-by-zero": (EVAL + REPORT + ["--attack", "fgsm", "--eps", "1/0"], "--eps: '1/0'"),
+    "eps-negative": (EVAL + REPORT + ["--attack", "fgsm", "--eps", "-0.1"], "eps"),
+    "unknown-attack-option": (EVAL + REPORT + ["--attack", "pgd", "--eps", "0.1", "--attack-opt", "pgd:stepz=3"],
+                              "stepz"),
+    "unknown-attack": (EVAL + REPORT + ["--attack", "zap", "--eps", "0.1"], "error: attack: "),
+    "l2-attack-with-linf": (EVAL + REPORT + ["--attack", "deepfool", "--norm", "Linf"], "Linf"),
+    "eval-negative-n-samples": (EVAL + REPORT + FGSM + ["--n-samples", "-3"], "error: n_samples: "),
+    "eval-model-not-a-run": (["eval", "--model", "{empty}"] + REPORT + FGSM, "model"),
+    "eval-report-under-a-file": (EVAL + FGSM + ["--report", "{file}/report.json"], "error: report: "),
+    "certify-zero-n-samples": (CERTIFY + ["--n-samples", "0"], "error: n_samples: "),
+    "certify-report-under-a-file": (CERTIFY[:-1] + ["{file}/report.json", "--n-samples", "8"], "error: report: "),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from robustproto.config import resolve_config
+    from robustproto.train import train
+
+    out = tmp_path_factory.mktemp("cli") / "run"
+    train(resolve_config({"backbone": "flatten", "head": "glvq", "epochs": 1, "max_train_samples": 64,
+                          "max_test_samples": 32, "output": str(out)}))
+    return out
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _main(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """Exit code and stderr of ``robustproto ARGV`` run in this process through ``robustproto.cli.main``."""
+    from robustproto.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["robustproto", *argv])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", list(BAD_INPUT.values()), ids=list(BAD_INPUT))
+def test_bad_input_is_one_line_naming_the_option_exit_2(trained_run, tmp_path, monkeypatch, capsys, argv, words):
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "five.toml").write_text('epochs = "five"\n')
+    (tmp_path / "corrupt.toml").write_text("epochs = [\n")
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(trained_run)
+    places = {"run": str(trained_run), "tmp": str(tmp_path), "file": str(tmp_path / "afile"),
+              "empty": str(tmp_path / "empty")}
+    code, err = _main([arg.format(**places) for arg in argv], monkeypatch, capsys)
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and err.endswith("\n"), err
+    assert words in err and "Traceback" not in err, err
+    assert _snapshot(trained_run) == before  # nothing lost
+    assert not (tmp_path / "out").exists() and not (tmp_path / "report.json").exists()
+
+
+def test_bad_lr_from_a_real_process_is_one_line(tmp_path):
+    # the entry point as installed, with the interpreter's own warnings and exit handling
+    cmd = [sys.executable, "-m", "robustproto", *TRAIN[:-1], str(tmp_path / "out"), "--lr", "1e38"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: lr: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "out").exists()

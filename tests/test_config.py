@@ -62,6 +62,13 @@ def test_config_is_frozen_and_round_trips_through_json():
         ({"sched": "plateau"}, "sched"),
         ({"head_opt": ["no_equals_sign"]}, "head_opt"),
         ({"batch_size": True}, "batch_size"),
+        ({"lr": float("inf")}, "lr"),
+        ({"lr": "nan"}, "lr"),
+        ({"weight_decay": 1e400}, "weight_decay"),
+        ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"),
+        ({"sched": "none", "warmup_epochs": 1}, "warmup_epochs"),
+        ({"mean": "nan", "std": "1"}, "mean"),
+        ({"mean": "0", "std": "inf"}, "std"),
     ],
 )
 def test_bad_keys_and_values_are_one_line_errors_naming_the_key(layer, key):
@@ -79,12 +86,19 @@ def test_unknown_recipe_key_is_rejected(tmp_path):
 
 
 def test_missing_recipe_and_broken_toml_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="recipe not found"):
+    with pytest.raises(FileNotFoundError, match="^config: recipe not found"):
         load_recipe(tmp_path / "nope.toml")
     path = tmp_path / "broken.toml"
     path.write_text("epochs = = 3\n")
-    with pytest.raises(ValueError, match="not valid TOML"):
+    with pytest.raises(ValueError, match="^config: .* is not valid TOML"):
         load_recipe(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff")  # e.g. a weights file passed by mistake
+    with pytest.raises(ValueError, match="^config: .* is not UTF-8"):
+        load_recipe(path)
+
+
+def test_a_warm_up_shorter_than_the_run_is_accepted():
+    assert resolve_config({"epochs": 3, "warmup_epochs": 2}).warmup_epochs == 2
 
 
 def test_reg_spec_parsing():

@@ -80,22 +80,38 @@ def test_imagefolder_with_different_classes_is_an_error(tmp_path):
         load_split("imagefolder", "test", data_dir=str(tmp_path), img_size=16)
 
 
-def test_light_augment_keeps_shape_and_content_is_a_shifted_copy():
-    img = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(3, 8, 8)
-    out = LightAugment(pad=2, flip=False)(img)
-    assert out.shape == img.shape
-    # every non-padding pixel comes from the image, in order
-    nz = out[out > 0]
-    assert torch.isin(nz, img).all()
+@pytest.mark.parametrize("flip", [False, True])
+def test_light_augment_is_a_zero_padded_shift_of_at_most_pad_pixels_then_maybe_a_flip(flip):
+    pad, size = 2, 8
+    img = torch.arange(1, 3 * size * size + 1, dtype=torch.uint8).view(3, size, size)  # distinct, non-zero pixels
+    padded = torch.nn.functional.pad(img, (pad,) * 4)
+    crops = {(i, j): padded[:, i:i + size, j:j + size] for i in range(2 * pad + 1) for j in range(2 * pad + 1)}
+    torch.manual_seed(0)
+    shifts, flips = set(), 0
+    for _ in range(200):
+        out = LightAugment(pad=pad, flip=flip)(img)
+        found = [(shift, flipped) for shift, crop in crops.items() for flipped in (False, True)
+                 if torch.equal(out, crop.flip(-1) if flipped else crop)]
+        assert len(found) == 1, "not the image shifted by at most pad pixels with zeros shifted in (and flipped)"
+        shifts.add(found[0][0])
+        flips += found[0][1]
+    assert len(shifts) == (2 * pad + 1) ** 2  # every shift occurs
+    assert 70 <= flips <= 130 if flip else flips == 0  # a fair coin for the flip, and none without it
 
 
-def test_shuffle_depends_only_on_seed_and_epoch():
+def test_shuffle_is_a_permutation_that_depends_only_on_seed_and_epoch():
     s1, s2 = EpochShuffleSampler(50, seed=3), EpochShuffleSampler(50, seed=3)
     s1.set_epoch(2)
     s2.set_epoch(2)
-    assert list(s1) == list(s2) and sorted(s1) == list(range(50))
+    torch.manual_seed(1)  # the global RNG (which augmentation draws from) does not enter the order
+    first = list(s1)
+    torch.manual_seed(2)
+    assert first == list(s2) == list(s1) and sorted(first) == list(range(50)) and len(s1) == 50
     s2.set_epoch(3)
-    assert list(s1) != list(s2)
+    assert list(s2) != first and sorted(s2) == list(range(50))  # a new permutation each epoch
+    other = EpochShuffleSampler(50, seed=4)
+    other.set_epoch(2)
+    assert list(other) != first  # and each seed
 
 
 def test_augment_option_selects_the_augmentation():

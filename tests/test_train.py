@@ -189,13 +189,16 @@ def test_a_model_that_does_not_fit_the_data_fails_before_training(testkit, tmp_p
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_bf16_autocast_run_keeps_float32_weights_and_finite_losses(testkit, tmp_path):
-    first = train(tiny(tmp_path, "fp32", epochs=1, max_train_samples=64))  # a later run may change precision
-    result = train(tiny(tmp_path, "bf16", epochs=1, max_train_samples=64, mixed_precision="bf16"))
+def test_bf16_autocast_run_keeps_float32_weights_and_trains_like_float32(testkit, tmp_path):
+    first = train(tiny(tmp_path, "fp32", max_train_samples=64))  # a later run may change precision
+    result = train(tiny(tmp_path, "bf16", max_train_samples=64, mixed_precision="bf16"))
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
-    record = result.metrics[-1]
-    assert torch.isfinite(torch.tensor(record["train_loss"])) and record["train_loss"] < 2.5
     assert weights_sha256(result.model) != weights_sha256(first.model)  # autocast really ran in bf16
+    # the same steps in bf16 give nearly the same losses, and these fall (ln 10 ≈ 2.3 is an untrained head)
+    fp32_losses = [r["train_loss"] for r in first.metrics]
+    bf16_losses = [r["train_loss"] for r in result.metrics]
+    assert bf16_losses == pytest.approx(fp32_losses, abs=0.05)
+    assert bf16_losses[1] < bf16_losses[0] - 0.25
 
 
 def test_head_init_leaves_batchnorm_statistics_untouched(testkit, tmp_path):
@@ -211,8 +214,34 @@ def test_head_init_leaves_batchnorm_statistics_untouched(testkit, tmp_path):
         assert torch.equal(value, before[key]), key
 
 
-def test_glvq_on_pixels_learns_from_its_class_mean_init(tmp_path):
-    # the built-in flatten backbone and glvq head: class-mean prototypes are a good classifier from step 0
-    result = train(resolve_config({"backbone": "flatten", "head": "glvq", "max_train_samples": 1000,
-                                   "max_test_samples": 500, "epochs": 1, "output": str(tmp_path / "glvq")}))
-    assert result.test_acc >= 0.7
+def test_glvq_on_pixels_starts_from_class_means_and_training_improves_on_them(tmp_path):
+    # the built-in flatten backbone and glvq head: class-mean prototypes are a good classifier before the first
+    # step, and one epoch of training lowers the GLVQ loss and raises the accuracy on the training set
+    from accelerate.utils import set_seed
+
+    from robustproto.train import _init_head
+
+    cfg = resolve_config({"backbone": "flatten", "head": "glvq", "max_train_samples": 1000, "max_test_samples": 500,
+                          "epochs": 1, "lr": 0.01, "output": str(tmp_path / "glvq")})
+    train_data = load_split("mnist-small", "train", max_samples=1000)
+    test_data = load_split("mnist-small", "test", max_samples=500)
+    set_seed(cfg.seed)  # as train() does before it builds the model
+    initial = build_model(cfg, train_data)
+    _init_head(initial, train_data, cfg, torch.device("cpu"))
+    result = train(cfg)
+
+    def loss_and_accuracy(model, data):
+        model.eval()
+        with torch.no_grad():
+            z = model.embed(data.images.float() / 255)
+            scores = model.head(z)
+            return float(model.head.loss(z, scores, data.labels)), float((scores.argmax(1) == data.labels).mean(
+                dtype=torch.float32))
+
+    (loss0, train_acc0), (loss1, train_acc1) = (loss_and_accuracy(m, train_data) for m in (initial, result.model))
+    (test_loss0, test_acc0), (test_loss1, test_acc1) = (loss_and_accuracy(m, test_data)
+                                                        for m in (initial, result.model))
+    assert test_acc0 >= 0.7  # the class-mean init alone (measured 0.77)
+    assert loss1 < loss0 - 0.03 and test_loss1 < test_loss0 - 0.02  # measured -0.113 → -0.159, -0.102 → -0.141
+    assert train_acc1 > train_acc0 + 0.02  # measured 0.811 → 0.846
+    assert test_acc1 >= test_acc0 - 0.02 and result.test_acc == pytest.approx(test_acc1)  # not lost on test data
