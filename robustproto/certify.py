@@ -85,6 +85,8 @@ def certify(
         if not hasattr(model, attr):
             raise ValueError(f"certify needs a robustproto ProtoModel (head, embed, normalize), got {type(model).__name__}")
     radii = sorted({float(r) for r in radii})
+    if any(not math.isfinite(r) or r < 0 for r in radii):
+        raise ValueError(f"radii: must be finite and ≥ 0, got {radii}")
     x, y = _collect(data, n_samples, batch_size)
     modes = {m: m.training for m in model.modules()}
     model.eval()

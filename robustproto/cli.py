@@ -8,7 +8,9 @@ plugin or file) end with one line on stderr that says what to do, and exit code 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -71,6 +73,34 @@ def _eval_table(config: str | None) -> tuple[dict, dict]:
     return table, recipe
 
 
+def _writable(path: str, option: str, folder: bool = False) -> None:
+    """Raise :class:`UserError` naming ``option`` when ``path`` (a file to write, or with ``folder`` a folder to
+    create or reuse) cannot be written, so a command fails before its work rather than after it: the nearest
+    existing path on the way must be a folder this process may write to. Creates nothing."""
+    target = Path(path)
+    flag = "--" + option.replace("_", "-")
+    if folder and target.is_file():
+        raise UserError(f"{option}: {target} is a file; pass {flag} a new or existing folder")
+    if not folder and target.is_dir():
+        raise UserError(f"{option}: {target} is a folder; pass {flag} a file name")
+    existing = target if folder else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option}: cannot create {target}: {existing} is a file, not a folder; "
+                        f"pass {flag} a path under a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option}: cannot write to {existing} (permission denied); pass {flag} a path in a folder "
+                        "you can write to")
+
+
+def _check_n_samples(value: object) -> None:
+    """``n_samples`` (from the command line or a recipe) is ``None`` or a positive integer."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"n_samples: must be a positive integer, got {value!r}; pass --n-samples N ≥ 1, or leave "
+                        "it out to use every test point")
+
+
 def _run_folder(model: str | None, recipe: dict) -> str:
     if model:
         return model
@@ -86,8 +116,9 @@ def eval_command(
     dataset: str = typer.Option(None, help="Test data. (default: the run's own)"),
     data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
     attack: list[str] = typer.Option(None, "--attack", help="fgsm, fgm, bim, mim, pgd, pgd-l2, deepfool, cw, fab, "
-                                                            "square, autoattack, gaussian; pgd-20 sets steps "
-                                                            "(repeatable)."),
+                                                            "square, autoattack, gaussian; pgd-20 sets steps, "
+                                                            "pgd@margin the loss (ce, margin, ce+margin; default: "
+                                                            "ce for a linear head, else ce+margin) (repeatable)."),
     eps: list[str] = typer.Option(None, "--eps", help="Budgets in pixel units, e.g. 0,0.1,0.3 or 8/255."),
     norm: str = typer.Option(None, help="Linf or L2. (default: Linf)"),
     n_samples: int = typer.Option(None, help="Evaluate a fixed subset of N test points. (default: all)"),
@@ -95,8 +126,9 @@ def eval_command(
     attack_opt: list[str] = typer.Option(None, "--attack-opt", help="ATTACK:key=value,... e.g. square:n_queries=1000 "
                                                                     "(repeatable)."),
     threshold: str = typer.Option(None, help="Threshold accuracy, NORM=T,... (default: L2=1.5,Linf=0.3)."),
-    bisection_steps: int = typer.Option(None, help="Bisection steps on ε per point for the minimal distance of a "
-                                                   "fixed-budget attack. (default: 6)"),
+    bisection_steps: int = typer.Option(None, help="Bisection steps on ε per point refining a fixed-budget attack's "
+                                                   "minimal distance (median-δ); each costs up to one more attack "
+                                                   "run. (default: 0, one run per ε)"),
     report: str = typer.Option("report.json", "--report", help="JSON report to write (∞ written as \"inf\")."),
     plot: str = typer.Option(None, "--plot", help="PNG of the robustness curves."),
     save_examples: str = typer.Option(None, "--save-examples", help="PNG grid of adversarial examples."),
@@ -110,6 +142,10 @@ def eval_command(
     settings = EvalSettings.resolve(table, attack=attack or None, eps=parse_eps(eps), norm=norm, n_samples=n_samples,
                                     batch_size=batch_size, attack_opt=attack_opt or None, threshold=threshold,
                                     bisection_steps=bisection_steps)
+    _check_n_samples(settings.n_samples)
+    for path, option in ((report, "report"), (plot, "plot"), (save_examples, "save_examples")):
+        if path:
+            _writable(path, option)
     run = _run_folder(model, recipe)
     data = run_data(run, "test", dataset, data_dir, settings.n_samples)
     result = evaluate(load(run), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
@@ -149,9 +185,11 @@ def certify_command(
         raise UserError(f"[eval.certify]: unknown key(s) {', '.join(unknown)} (known: norm, n_samples, radii)")
     run = _run_folder(model, recipe)
     limit = n_samples if n_samples is not None else defaults.get("n_samples")
+    _check_n_samples(limit)
+    _writable(report, "report")
     data = run_data(run, "test", dataset, data_dir, limit)
     result = certify(load(run), data, norm=norm or defaults.get("norm", "L2"),
-                     radii=parse_eps([radii]) if radii else defaults.get("radii", DEFAULT_RADII),
+                     radii=parse_eps([radii], "--radii") if radii else defaults.get("radii", DEFAULT_RADII),
                      batch_size=batch_size, model_name=run, dataset_name=data.name)
     write_report(result, report)
     typer.echo(certify_summary(result))
@@ -209,6 +247,7 @@ def train(
     if config:
         layers.append(load_recipe(config))
     cfg = resolve_config(*layers, overrides)
+    _writable(cfg.output, "output", folder=True)
 
     from .train import NonFiniteLossError, train as run_training
 
@@ -240,6 +279,7 @@ def show_prototypes(
     from .checkpoint import load
     from .show import plot_prototypes, run_data
 
+    _writable(out, "out")
     data = run_data(model, "train", dataset, data_dir, max_samples)
     path = plot_prototypes(load(model), out, data=data, neighbours=neighbours, max_prototypes=max_prototypes)
     typer.echo(f"wrote {path}")
@@ -262,6 +302,7 @@ def show_adversarial(
     from .evaluate import parse_eps
     from .show import plot_adversarial, run_data
 
+    _writable(out, "out")
     data = run_data(model, "test", dataset, data_dir)
     path = plot_adversarial(load(model), data, out, list(attack), parse_eps(eps) or [], norm=norm, n_images=n_images)
     typer.echo(f"wrote {path}")
@@ -274,9 +315,9 @@ def show_curves(
     out: str = typer.Option("curves.png", "--out", help="PNG to write."),
 ) -> None:
     """Robustness curves of several models on one plot (one panel per norm), from their eval reports."""
-    from pathlib import Path
-
     from .evaluate import save_robustness_curves
+
+    _writable(out, "out")
 
     loaded = []
     for report in reports:

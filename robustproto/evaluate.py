@@ -663,8 +663,8 @@ def evaluate(
         for name, key, spec, _ in entries:
             if n not in spec.norms:
                 alternatives = [k for k, s in ATTACKS.items() if n in s.norms]
-                raise ValueError(f"attack '{name}' works in {'/'.join(spec.norms)}, not {n} "
-                                 f"(attacks for {n}: {', '.join(alternatives)})")
+                raise ValueError(f"attack '{name}' works in {'/'.join(spec.norms)}, not {n}: pass --norm "
+                                 f"{spec.norms[0]}, or an attack for {n} ({', '.join(alternatives)})")
         if len({e[0] for e in entries}) != len(entries):
             raise ValueError(f"attack: a name is given twice for norm {n}")
         for name, _, spec, _ in entries:
@@ -672,8 +672,10 @@ def evaluate(
                 raise ValueError(f"attack '{name}' has a fixed budget: give eps (e.g. --eps 0.1,0.3) or "
                                  "bisection_steps > 0 to search its minimal distance")
     thresholds = {**DEFAULT_THRESHOLDS, **{normalize_norm(k): float(v) for k, v in (thresholds or {}).items()}}
-    if batch_size <= 0 or (n_samples is not None and n_samples <= 0) or bisection_steps < 0:
-        raise ValueError("batch_size and n_samples must be positive, bisection_steps ≥ 0")
+    for key, value, minimum in (("batch_size", batch_size, 1), ("n_samples", n_samples, 1),
+                                ("bisection_steps", bisection_steps, 0)):
+        if value is not None and value < minimum:
+            raise ValueError(f"{key}: must be ≥ {minimum}, got {value}")
 
     x, y = _collect(data, n_samples, batch_size)
     n = len(y)
@@ -1061,23 +1063,48 @@ class EvalSettings:
             eps = {n: tuple(float(e) for e in v) for n, v in eps.items()}
         except (TypeError, ValueError):
             raise ValueError(f"eps: expected numbers, got {eps}") from None
-        thresholds = {n: float(sub["threshold"]) for n, sub in per_norm.items() if "threshold" in sub}
+        thresholds = {n: _number(sub["threshold"], f"[eval.{n}] threshold") for n, sub in per_norm.items()
+                      if "threshold" in sub}
         given = pick("threshold")
         if given is not None:
-            thresholds.update({normalize_norm(k): float(v) for k, v in parse_options(given, "threshold").items()}
-                              if not isinstance(given, (int, float)) else {norm: float(given)})
+            thresholds.update({normalize_norm(k): _number(v, "threshold") for k, v in
+                               parse_options(given, "threshold").items()}
+                              if not isinstance(given, (int, float)) else {norm: _number(given, "threshold")})
         options: dict[str, dict[str, Any]] = {}
         raw_opts = pick("attack_opt", {})
         items = raw_opts.items() if isinstance(raw_opts, Mapping) else (s.partition(":")[::2] for s in as_list(raw_opts))
         for name, spec in items:
             options.setdefault(str(name).strip(), {}).update(parse_options(spec, f"attack_opt {name}"))
-        n_samples, batch_size, steps = pick("n_samples"), pick("batch_size", 128), pick("bisection_steps", 0)
-        return cls(attacks, eps, thresholds, options, None if n_samples is None else int(n_samples), int(batch_size),
-                   int(steps))
+        n_samples = pick("n_samples")
+        return cls(attacks, eps, thresholds, options,
+                   None if n_samples is None else _count(n_samples, "n_samples", minimum=1),
+                   _count(pick("batch_size", 128), "batch_size", minimum=1),
+                   _count(pick("bisection_steps", 0), "bisection_steps", minimum=0))
 
 
-def parse_eps(items: Sequence[str] | None) -> list[float] | None:
-    """``["0,0.1", "0.3"]`` or ``["8/255"]`` → ``[0.0, 0.1, 0.3]`` / ``[0.0314]``; a ValueError names the bad item."""
+def _number(value: Any, key: str) -> float:
+    """``float(value)`` or a ValueError naming the key (a recipe or CLI value that is not a number)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: '{value}' is not a number (e.g. L2=1.5,Linf=0.3)") from None
+
+
+def _count(value: Any, key: str, minimum: int) -> int:
+    """An integer ≥ ``minimum`` or a ValueError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, str) and
+                                                                      value.strip().lstrip("-").isdigit()):
+        raise ValueError(f"{key}: expected an integer, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{key}: must be ≥ {minimum}, got {value}")
+    return int(value)
+
+
+def parse_eps(items: Sequence[str] | None, option: str = "--eps") -> list[float] | None:
+    """``["0,0.1", "0.3"]`` or ``["8/255"]`` → ``[0.0, 0.1, 0.3]`` / ``[0.0314]``; a ValueError names ``option`` and
+    the bad item."""
     if not items:
         return None
     out = []
@@ -1090,5 +1117,5 @@ def parse_eps(items: Sequence[str] | None) -> list[float] | None:
                 num, _, den = part.partition("/")
                 out.append(float(num) / (float(den) if den else 1.0))
             except (ValueError, ZeroDivisionError):
-                raise ValueError(f"--eps: '{part}' is not a number (e.g. 0.1,0.3 or 8/255)") from None
+                raise ValueError(f"{option}: '{part}' is not a number (e.g. 0.1,0.3 or 8/255)") from None
     return out

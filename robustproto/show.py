@@ -101,6 +101,9 @@ def plot_prototypes(model: ProtoModel, path: str | Path, data=None, neighbours: 
     the interpretability argument of the prototype papers. At most ``max_prototypes`` are drawn
     (the first of each class first).
     """
+    for key, value in (("neighbours", neighbours), ("max_prototypes", max_prototypes)):
+        if value < 1:
+            raise ValueError(f"{key}: must be at least 1, got {value}")
     with eval_mode(model):
         return _plot_prototypes(model, path, data, neighbours, max_prototypes, batch_size)
 

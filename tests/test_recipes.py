@@ -88,7 +88,7 @@ def _fake_image_folder(root: Path, num_classes: int) -> Path:
 
 
 def _smoke_overrides(cfg: robustproto.TrainConfig, tmp_path: Path) -> dict:
-    small = {"epochs": 1, "batch_size": STEP, "max_train_samples": STEP, "max_test_samples": STEP,
+    small = {"epochs": 1, "warmup_epochs": 0, "batch_size": STEP, "max_train_samples": STEP, "max_test_samples": STEP,
              "init_samples": STEP, "output": str(tmp_path / "run")}
     if cfg.dataset == "mnist":
         return {**small, "dataset": "mnist-small"}
