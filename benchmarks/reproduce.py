@@ -188,7 +188,7 @@ def run_experiment(path: Path, scale: str, data_dir: Path, runs: Path) -> Outcom
 def evaluate_run(cfg: robustproto.TrainConfig, table: dict[str, Any]) -> tuple[dict, dict | None]:
     """A recipe's ``[eval]`` table run through the Python API, as ``robustproto eval``/``certify --config`` run it:
     (eval report, certificate or None)."""
-    from robustproto.evaluate import EvalSettings
+    from robustproto.config import EvalSettings
     from robustproto.show import run_data
 
     model = robustproto.load(cfg.output)

@@ -41,17 +41,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .errors import UsageError
+
 __all__ = ["certify", "DEFAULT_RADII"]
 
 DEFAULT_RADII = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0)
 _SAFETY = 1.0 + 1e-4  # relative allowance for the float64 rounding of margins and bounds, see the module docstring
-
-
-def _head_margin(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    try:
-        return model.head.margin(z)
-    except NotImplementedError as exc:  # a head without margin: one clear line, not a traceback
-        raise ValueError(str(exc).splitlines()[0]) from None
 
 
 def certify(
@@ -76,7 +71,8 @@ def certify(
     (rounding the radii do not cover). ``model`` is left as found: every module's mode and every
     parameter and buffer (the float64 evaluation runs on a copy).
     """
-    from .evaluate import _collect, _median, _model_name, normalize_norm
+    from .config import normalize_norm
+    from .evaluate import _collect, _median, _model_name
     from .lipschitz import lipschitz_upper_bound
 
     if normalize_norm(norm) != "L2":
@@ -84,6 +80,10 @@ def certify(
     for attr in ("head", "embed", "normalize"):
         if not hasattr(model, attr):
             raise ValueError(f"certify needs a robustproto ProtoModel (head, embed, normalize), got {type(model).__name__}")
+    if not model.head.supports_margin:
+        raise UsageError(f"head '{type(model.head).__name__}' gives no certified margin (supports_margin is False); "
+                         "certify a model whose head has one (built in: linear, glvq, gmlvq, repulsive with metric l2 "
+                         "or loss cosine)")
     radii = sorted({float(r) for r in radii})
     if any(not math.isfinite(r) or r < 0 for r in radii):
         raise ValueError(f"radii: must be finite and ≥ 0, got {radii}")
@@ -101,7 +101,7 @@ def certify(
                 preds.append(model(chunk).argmax(1).cpu())
                 z = exact.embed(chunk.double())
                 exact_preds.append(exact.head(z).argmax(1).cpu())
-                margins.append(_head_margin(exact, z).cpu())
+                margins.append(exact.head.margin(z).cpu())
         pred, exact_pred, margin = torch.cat(preds), torch.cat(exact_preds), torch.cat(margins)
         correct = pred == y
         certified = correct & (pred == exact_pred)

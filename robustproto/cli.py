@@ -135,7 +135,8 @@ def eval_command(
 ) -> None:
     """Attack a trained model: robust accuracy over ε, median minimal distances, gradient-masking warnings."""
     from .checkpoint import load
-    from .evaluate import EvalSettings, evaluate, parse_eps, write_report
+    from .config import EvalSettings, parse_eps
+    from .evaluate import evaluate, write_report
     from .show import run_data
 
     table, recipe = _eval_table(config)
@@ -175,7 +176,8 @@ def certify_command(
     """Certified L2 radii: head margin / Lipschitz bound (and Hein & Andriushchenko's local bound for an mlp)."""
     from .certify import DEFAULT_RADII, certify, certify_summary
     from .checkpoint import load
-    from .evaluate import parse_eps, write_report
+    from .config import parse_eps
+    from .evaluate import write_report
     from .show import run_data
 
     table, recipe = _eval_table(config)
@@ -299,7 +301,7 @@ def show_adversarial(
 ) -> None:
     """A grid of clean test images and their adversarial versions with predictions, per attack and ε."""
     from .checkpoint import load
-    from .evaluate import parse_eps
+    from .config import parse_eps
     from .show import plot_adversarial, run_data
 
     _writable(out, "out")

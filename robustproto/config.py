@@ -22,7 +22,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["TrainConfig", "load_recipe", "parse_options", "parse_reg", "resolve_config"]
+__all__ = ["DEFAULT_THRESHOLDS", "EvalSettings", "NORMS", "TrainConfig", "load_recipe", "normalize_norm", "parse_eps",
+           "parse_options", "parse_reg", "resolve_config"]
 
 DATASETS = ("mnist-small", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 AUGMENTATIONS = ("auto", "none", "crop-flip", "shift-rotate")
@@ -284,3 +285,127 @@ def resolve_config(*layers: Mapping[str, Any] | None) -> TrainConfig:
                 continue
             merged[key] = value
     return TrainConfig(**merged)
+
+
+# ------------------------------------------------------------------ evaluation settings
+NORMS = ("Linf", "L2")
+DEFAULT_THRESHOLDS = {"L2": 1.5, "Linf": 0.3}
+
+
+def normalize_norm(norm: str) -> str:
+    """``"linf"``, ``"inf"``, ``"Linf"`` → ``"Linf"``; ``"l2"``, ``"2"`` → ``"L2"``; anything else is a ValueError."""
+    key = str(norm).strip().lower()
+    if key in ("linf", "inf", "l_inf"):
+        return "Linf"
+    if key in ("l2", "2", "l_2"):
+        return "L2"
+    raise ValueError(f"norm: '{norm}' is not one of Linf, L2")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What ``robustproto eval`` runs, resolved recipe ``[eval]`` table → CLI flags (later wins).
+
+    A recipe's ``[eval]`` table has the CLI's keys (``attack``, ``eps``, ``norm``, ``n_samples``,
+    ``batch_size``, ``attack_opt``, ``bisection_steps``, ``threshold``) and may instead hold one sub-table per
+    norm (``L2 = {attack = [...], eps = [...], threshold = 1.5}``) to evaluate several norms in one report.
+    A ``certify`` sub-table (``norm``, ``n_samples``, ``radii``) is for ``robustproto certify``.
+    """
+
+    attacks: Mapping[str, tuple[str, ...]]
+    eps: Mapping[str, tuple[float, ...]]
+    thresholds: Mapping[str, float]
+    attack_options: Mapping[str, Mapping[str, Any]]
+    n_samples: int | None = None
+    batch_size: int = 128
+    bisection_steps: int = 0
+
+    @classmethod
+    def resolve(cls, table: Mapping[str, Any] | None, **cli: Any) -> "EvalSettings":
+        table = {str(k).replace("-", "_"): v for k, v in (table or {}).items()}
+        known = {"attack", "eps", "norm", "n_samples", "batch_size", "attack_opt", "bisection_steps", "threshold",
+                 "certify", *NORMS}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"[eval]: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        per_norm = {n: dict(table[n]) for n in NORMS if n in table}
+        for n, sub in per_norm.items():
+            bad = sorted(set(sub) - {"attack", "eps", "threshold"})
+            if bad:
+                raise ValueError(f"[eval.{n}]: unknown key(s) {', '.join(bad)} (known: attack, eps, threshold)")
+
+        def pick(key, default=None):
+            return cli[key] if cli.get(key) is not None else table.get(key, default)
+
+        norm = normalize_norm(pick("norm", "Linf"))
+        as_list = lambda v: [v] if isinstance(v, (str, int, float)) else list(v or [])  # noqa: E731
+        if cli.get("attack") or (not per_norm) or (cli.get("norm") and norm not in per_norm):
+            attacks = {norm: tuple(as_list(pick("attack")))}
+            eps = {norm: as_list(pick("eps", per_norm.get(norm, {}).get("eps")))}
+        else:
+            attacks = {n: tuple(as_list(sub.get("attack"))) for n, sub in per_norm.items()
+                       if cli.get("norm") is None or n == norm}
+            eps = {n: as_list(cli["eps"] if cli.get("eps") is not None else per_norm[n].get("eps"))
+                   for n in attacks}
+        if not any(attacks.values()):
+            raise ValueError("no attack to run: pass --attack NAME (repeatable) or put attack = [...] in [eval]")
+        try:
+            eps = {n: tuple(float(e) for e in v) for n, v in eps.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"eps: expected numbers, got {eps}") from None
+        thresholds = {n: _number(sub["threshold"], f"[eval.{n}] threshold") for n, sub in per_norm.items()
+                      if "threshold" in sub}
+        given = pick("threshold")
+        if given is not None:
+            thresholds.update({normalize_norm(k): _number(v, "threshold") for k, v in
+                               parse_options(given, "threshold").items()}
+                              if not isinstance(given, (int, float)) else {norm: _number(given, "threshold")})
+        options: dict[str, dict[str, Any]] = {}
+        raw_opts = pick("attack_opt", {})
+        items = raw_opts.items() if isinstance(raw_opts, Mapping) else (s.partition(":")[::2] for s in as_list(raw_opts))
+        for name, spec in items:
+            options.setdefault(str(name).strip(), {}).update(parse_options(spec, f"attack_opt {name}"))
+        n_samples = pick("n_samples")
+        return cls(attacks, eps, thresholds, options,
+                   None if n_samples is None else _count(n_samples, "n_samples", minimum=1),
+                   _count(pick("batch_size", 128), "batch_size", minimum=1),
+                   _count(pick("bisection_steps", 0), "bisection_steps", minimum=0))
+
+
+def _number(value: Any, key: str) -> float:
+    """``float(value)`` or a ValueError naming the key (a recipe or CLI value that is not a number)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: '{value}' is not a number (e.g. L2=1.5,Linf=0.3)") from None
+
+
+def _count(value: Any, key: str, minimum: int) -> int:
+    """An integer ≥ ``minimum`` or a ValueError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, str) and
+                                                                      value.strip().lstrip("-").isdigit()):
+        raise ValueError(f"{key}: expected an integer, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{key}: must be ≥ {minimum}, got {value}")
+    return int(value)
+
+
+def parse_eps(items: Sequence[str] | None, option: str = "--eps") -> list[float] | None:
+    """``["0,0.1", "0.3"]`` or ``["8/255"]`` → ``[0.0, 0.1, 0.3]`` / ``[0.0314]``; a ValueError names ``option`` and
+    the bad item."""
+    if not items:
+        return None
+    out = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                num, _, den = part.partition("/")
+                out.append(float(num) / (float(den) if den else 1.0))
+            except (ValueError, ZeroDivisionError):
+                raise ValueError(f"{option}: '{part}' is not a number (e.g. 0.1,0.3 or 8/255)") from None
+    return out

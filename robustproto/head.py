@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Head", "affine_margin", "squared_euclidean", "working_dtype"]
+__all__ = ["HOOK_CAPABILITIES", "Head", "affine_margin", "squared_euclidean", "working_dtype"]
 
 
 class Head(nn.Module):
@@ -28,7 +28,12 @@ class Head(nn.Module):
       autocast and in float64 on a float64 model (use :func:`squared_euclidean`).
     - ``loss(z, scores, y) -> scalar``: the training loss of a batch (mean over it).
 
-    Optional (the core checks for them with ``hasattr``-style overrides):
+    Optional hooks, each with one capability flag the core reads (``supports_margin``,
+    ``supports_init_from_data``, ``supports_after_step``). A subclass that overrides a
+    hook gets its flag set to ``True`` automatically; set the flag yourself to say
+    otherwise (a head whose margin depends on its options sets ``self.supports_margin``
+    per instance). Declaring a hook that is not implemented is refused when the plugin
+    loads:
 
     - ``init_from_data(z, y)``: called once before training with embeddings of a
       first pass over (a subset of) the training data, e.g. class means, k-means
@@ -70,8 +75,17 @@ class Head(nn.Module):
     from a batch.
     """
 
+    supports_margin: bool = False
+    supports_init_from_data: bool = False
+    supports_after_step: bool = False
     scores_affine_in_embedding: bool = False
     scores_are_logits: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for hook, flag in HOOK_CAPABILITIES.items():
+            if flag not in cls.__dict__ and hook in cls.__dict__:  # overridden here and not declared: declare it
+                setattr(cls, flag, True)
 
     def __init__(self, embed_dim: int, num_classes: int):
         super().__init__()
@@ -106,9 +120,11 @@ class Head(nn.Module):
             f"head '{type(self).__name__}' does not declare scores_affine_in_embedding, so it has no affine_map()"
         )
 
-    @property
-    def has_margin(self) -> bool:
-        return type(self).margin is not Head.margin
+
+
+# each optional hook of Head and the capability flag that declares it
+HOOK_CAPABILITIES = {"margin": "supports_margin", "init_from_data": "supports_init_from_data",
+                     "after_step": "supports_after_step", "affine_map": "scores_affine_in_embedding"}
 
 
 def working_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -22,6 +22,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import PluginError
+
 __all__ = [
     "PluginError",
     "PluginInfo",
@@ -33,10 +35,6 @@ __all__ = [
     "load_backbones",
     "refresh_plugins",
 ]
-
-
-class PluginError(LookupError):
-    """A plugin is unknown, failed to load, or is not what its group expects."""
 
 
 @dataclass

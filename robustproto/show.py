@@ -171,7 +171,8 @@ def adversarial_rows(model: torch.nn.Module, data, attacks: list[str], eps: list
     attacks are those of :mod:`robustproto.evaluate` (same names, defaults and verification of every
     output as ``robustproto eval``); where an attack finds no adversarial the clean image stays.
     """
-    from .evaluate import _collect, _parse_attack, _predict, _run, default_loss, normalize_norm
+    from .config import normalize_norm
+    from .evaluate import _collect, _parse_attack, _predict, _run, default_loss
 
     norm = normalize_norm(norm)
     device = model_device(model)
@@ -207,7 +208,7 @@ def plot_adversarial(model: torch.nn.Module, data, path: str | Path, attacks: li
     """A grid like Fig. 1 of Saralajew et al. 2019: clean images (top row) and, per attack and ε, their
     adversarial versions (:func:`adversarial_rows`), each titled with the model's prediction (red where
     it differs from the label; minimal attacks add the distance)."""
-    from .evaluate import normalize_norm
+    from .config import normalize_norm
 
     plt = _figure_module()
     rows = adversarial_rows(model, data, attacks, eps, norm, n_images, batch_size)

@@ -34,16 +34,13 @@ from torch.utils.data import DataLoader, Subset
 
 from . import checkpoint
 from .config import TrainConfig
+from .errors import NonFiniteLossError
 from .data import EpochShuffleSampler, ImageData, load_split, subset_indices
 from .head import Head
 from .model import ProtoModel, create_regularizer, wrap
 from .regularizer import Regularizer, StepContext
 
 __all__ = ["NonFiniteLossError", "TrainResult", "build_model", "load_pretrained_backbone", "train"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 def _first_line(exc: BaseException) -> str:

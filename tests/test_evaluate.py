@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import robustproto
-from robustproto.evaluate import ATTACKS, AttackError, AttackSpec, EvalSettings, evaluate, report_json, robustness_figure
+from robustproto.config import EvalSettings
+from robustproto.evaluate import ATTACKS, AttackError, AttackSpec, evaluate, report_json, robustness_figure
 
 
 @pytest.fixture

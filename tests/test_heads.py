@@ -136,7 +136,7 @@ def test_lvq_degenerate_cases_have_no_nan(name, case, batch):
             y = torch.zeros_like(y)
     scores, loss = backward_through(head, z, y)
     assert scores.isfinite().all() and loss.isfinite() and grads_finite(head, z)
-    if head.has_margin:
+    if head.supports_margin:
         assert not head.margin(z.detach()).isnan().any()
     if case == "all_zero":
         assert loss.item() == 0.0  # μ = 0 for a tie
@@ -255,11 +255,13 @@ def test_repulsive_margin_brute_force(loss, batch):
 
 def test_heads_without_margin_say_so(batch):
     z, _ = batch
-    assert not make("gtlvq").has_margin
+    assert not make("gtlvq").supports_margin
     with pytest.raises(NotImplementedError, match="margin"):
         make("gtlvq").margin(z)
+    linf = make("repulsive", loss="distance", metric="linf")
+    assert not linf.supports_margin and make("repulsive", loss="distance", metric="l2").supports_margin
     with pytest.raises(NotImplementedError, match="linf"):
-        make("repulsive", loss="distance", metric="linf").margin(z)
+        linf.margin(z)
 
 
 # --- GMLVQ and GTLVQ projections ------------------------------------------------------------------

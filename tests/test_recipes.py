@@ -50,7 +50,8 @@ def test_recipe_parses_and_documents_itself(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
 def test_recipe_eval_table_is_what_eval_and_certify_run(path):
-    from robustproto.evaluate import EvalSettings, _parse_attack
+    from robustproto.config import EvalSettings
+    from robustproto.evaluate import _parse_attack
 
     table = resolve_config(load_recipe(path)).eval
     settings = EvalSettings.resolve(table)  # what `robustproto eval --config` runs

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from robustproto.config import load_recipe, resolve_config
-from robustproto.evaluate import EvalSettings
+from robustproto.config import EvalSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustproto import Head, squared_euclidean
+from robustproto import squared_euclidean
 
 from ._geometry import orthonormal_basis
 from .glvq import GLVQ, INIT_SEED
@@ -31,6 +31,11 @@ class GTLVQ(GLVQ):
     No ``margin``: the tangent distance is not a quadratic form with one shared metric, so
     the difference of two distances is not affine in ``z``.
     """
+
+    supports_margin = False  # the tangent distance is not affine in z: no certified margin (see above)
+
+    def margin(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("gtlvq gives no certified margin: the tangent distance is not affine in z")
 
     def __init__(self, embed_dim: int, num_classes: int, *, subspace_dim: int = 12, **glvq_options):
         super().__init__(embed_dim, num_classes, **glvq_options)
@@ -77,4 +82,3 @@ class GTLVQ(GLVQ):
                 basis = orthonormal_basis(centred, self.subspace_dim, generator)
                 self.tangents[c * ppc + k] = basis.to(self.tangents.dtype)
 
-    margin = Head.margin  # not affine: no certified margin (see the class docstring)

@@ -90,6 +90,8 @@ class RepulsivePrototypes(Head):
             raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
         self.loss_kind = loss
         self.metric = metric
+        # the L∞ nearest-prototype boundary is not a hyperplane: no certified margin in that configuration
+        self.supports_margin = not (loss == "distance" and metric == "linf")
         self.register_buffer("prototypes", repulsive_prototypes(num_classes, embed_dim, metric, steps, lr, seed))
 
     @classmethod
