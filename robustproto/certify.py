@@ -41,11 +41,14 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .config import DEFAULT_RADII, normalize_norm
 from .errors import UsageError
+from .evaluation import collect, median, model_name as name_of
+from .lipschitz import lipschitz_upper_bound
+from .utils import eval_mode, model_device
 
-__all__ = ["certify", "DEFAULT_RADII"]
+__all__ = ["DEFAULT_RADII", "OneHiddenLayer", "certify", "certify_summary", "local_radii", "one_hidden_layer"]
 
-DEFAULT_RADII = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0)
 _SAFETY = 1.0 + 1e-4  # relative allowance for the float64 rounding of margins and bounds, see the module docstring
 
 
@@ -71,27 +74,21 @@ def certify(
     (rounding the radii do not cover). ``model`` is left as found: every module's mode and every
     parameter and buffer (the float64 evaluation runs on a copy).
     """
-    from .config import normalize_norm
-    from .evaluate import _collect, _median, _model_name
-    from .lipschitz import lipschitz_upper_bound
-
     if normalize_norm(norm) != "L2":
-        raise ValueError(f"certify: norm '{norm}' is not supported; the certificates are L2 radii (--norm L2)")
+        raise UsageError(f"certify: norm '{norm}' is not supported; the certificates are L2 radii (--norm L2)")
     for attr in ("head", "embed", "normalize"):
         if not hasattr(model, attr):
-            raise ValueError(f"certify needs a robustproto ProtoModel (head, embed, normalize), got {type(model).__name__}")
+            raise UsageError(f"certify needs a robustproto ProtoModel (head, embed, normalize), got {type(model).__name__}")
     if not model.head.supports_margin:
         raise UsageError(f"head '{type(model.head).__name__}' gives no certified margin (supports_margin is False); "
                          "certify a model whose head has one (built in: linear, glvq, gmlvq, repulsive with metric l2 "
                          "or loss cosine)")
     radii = sorted({float(r) for r in radii})
     if any(not math.isfinite(r) or r < 0 for r in radii):
-        raise ValueError(f"radii: must be finite and ≥ 0, got {radii}")
-    x, y = _collect(data, n_samples, batch_size)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        raise UsageError(f"radii: must be finite and ≥ 0, got {radii}")
+    x, y = collect(data, n_samples, batch_size)
+    device = model_device(model)
+    with eval_mode(model):
         lipschitz = float(lipschitz_upper_bound(model, tuple(x.shape[1:])))
         exact = copy.deepcopy(model).double()  # copied in eval mode; the original keeps its dtype and buffers
         preds, exact_preds, margins = [], [], []
@@ -109,14 +106,11 @@ def certify(
                                     torch.zeros((), dtype=torch.float64))
         radius_local = None
         if local:
-            net = _one_hidden_layer(exact, x[:batch_size].to(device).double())
+            net = one_hidden_layer(exact, x[:batch_size].to(device).double())
             if net is not None:
-                radius_local = torch.cat([_local_radii(net, chunk.to(device).double(), bisection_steps).cpu()
+                radius_local = torch.cat([local_radii(net, chunk.to(device).double(), bisection_steps).cpu()
                                           for chunk in x.split(batch_size)])
                 radius_local = torch.where(certified, radius_local, torch.zeros_like(radius_local))
-    finally:
-        for m, training in modes.items():
-            m.training = training
     warnings = []
     if margin.dtype != torch.float64:
         warnings.append(f"head '{type(model.head).__name__}' computes its margin in {margin.dtype} even on a "
@@ -124,7 +118,7 @@ def certify(
     radius = radius_global if radius_local is None else torch.maximum(radius_global, radius_local)
     n = len(y)
     return {
-        "model": model_name or _model_name(model),
+        "model": model_name or name_of(model),
         "dataset": dataset_name or "tensors",
         "n_samples": n,
         "norm": "L2",
@@ -133,9 +127,9 @@ def certify(
                                               "Thm 2.1 + Prop 2.2), the larger" if radius_local is not None else ""),
         "lipschitz_constant": lipschitz,
         "certified_accuracy": {f"{r:g}": float((correct & (radius >= r)).double().mean()) for r in radii},
-        "median_radius": _median(radius),
-        "median_radius_global": _median(radius_global),
-        "median_radius_local": _median(radius_local) if radius_local is not None else None,
+        "median_radius": median(radius),
+        "median_radius_global": median(radius_global),
+        "median_radius_local": median(radius_local) if radius_local is not None else None,
         "radii": radius.tolist(),
         "radii_global": radius_global.tolist(),
         "radii_local": radius_local.tolist() if radius_local is not None else None,
@@ -143,7 +137,7 @@ def certify(
     }
 
 
-class _OneHiddenLayer:
+class OneHiddenLayer:
     """``f(x) = W σ(U x + b) + c`` in float64 pixel units, read off a float64 ProtoModel.
 
     The normalisation is folded into ``U`` and ``b``, a linear neck into ``W`` and ``c``, and the head
@@ -178,7 +172,7 @@ class _OneHiddenLayer:
         return torch.where(beta * t > threshold, torch.ones_like(t), torch.sigmoid(beta * t))
 
 
-def _one_hidden_layer(model: nn.Module, probe: torch.Tensor) -> _OneHiddenLayer | None:
+def one_hidden_layer(model: nn.Module, probe: torch.Tensor) -> OneHiddenLayer | None:
     """The float64 ``model`` as ``W σ(U x + b) + c`` if it is one, else ``None``.
 
     The head qualifies only by declaring ``scores_affine_in_embedding`` and enters through its
@@ -196,7 +190,7 @@ def _one_hidden_layer(model: nn.Module, probe: torch.Tensor) -> _OneHiddenLayer 
     weight, bias = head_weight, head_bias
     if isinstance(neck, nn.Linear):
         weight, bias = head_weight @ neck.weight.detach(), head_weight @ neck.bias.detach() + head_bias
-    net = _OneHiddenLayer(model, hidden, act, weight, bias)
+    net = OneHiddenLayer(model, hidden, act, weight, bias)
     with torch.no_grad():
         features = act(net.pre_activations(probe))
         if not torch.allclose(backbone(model.normalize(probe)), features, rtol=1e-6, atol=1e-8):
@@ -210,7 +204,7 @@ def _one_hidden_layer(model: nn.Module, probe: torch.Tensor) -> _OneHiddenLayer 
 
 
 @torch.no_grad()
-def _local_radii(net: _OneHiddenLayer, x: torch.Tensor, steps: int) -> torch.Tensor:
+def local_radii(net: OneHiddenLayer, x: torch.Tensor, steps: int) -> torch.Tensor:
     """Theorem 2.1 with Proposition 2.2 per float64 image (radius of the predicted class), bisection over R."""
     a_all = net.pre_activations(x)  # ⟨u_r, x⟩ + b_r
     scores = net.scores(x)

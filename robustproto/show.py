@@ -9,6 +9,10 @@ from pathlib import Path
 
 import torch
 
+from .attacks import build_attack, max_distance, parse_attack
+from .config import normalize_norm
+from .errors import UsageError
+from .evaluation import collect, predict, run_attack
 from .head import squared_euclidean
 from .model import ProtoModel
 from .utils import eval_mode, model_device
@@ -47,14 +51,14 @@ def _head_prototypes(model: ProtoModel) -> tuple[torch.Tensor, torch.Tensor]:
     head = model.head
     protos = getattr(head, "prototypes", None)
     if not isinstance(protos, torch.Tensor) or protos.ndim != 2:
-        raise ValueError(
+        raise UsageError(
             f"head '{model.spec.get('head', type(head).__name__)}' has no prototypes to show "
             "(a prototype head exposes a `prototypes` tensor of shape (P, embed_dim))"
         )
     labels = getattr(head, "prototype_labels", None)
     if labels is None:
         if len(protos) != model.num_classes:
-            raise ValueError("the head's prototypes carry no `prototype_labels` and are not one per class")
+            raise UsageError("the head's prototypes carry no `prototype_labels` and are not one per class")
         labels = torch.arange(model.num_classes)
     return protos.detach().float().cpu(), labels.detach().cpu()
 
@@ -103,7 +107,7 @@ def plot_prototypes(model: ProtoModel, path: str | Path, data=None, neighbours: 
     """
     for key, value in (("neighbours", neighbours), ("max_prototypes", max_prototypes)):
         if value < 1:
-            raise ValueError(f"{key}: must be at least 1, got {value}")
+            raise UsageError(f"{key}: must be at least 1, got {value}")
     with eval_mode(model):
         return _plot_prototypes(model, path, data, neighbours, max_prototypes, batch_size)
 
@@ -116,7 +120,7 @@ def _plot_prototypes(model: ProtoModel, path: str | Path, data, neighbours: int,
     order = torch.argsort(torch.arange(len(labels)) % max(1, len(labels) // model.num_classes), stable=True)
     order = order[:max_prototypes]
     if data is None:
-        raise ValueError("show prototypes needs data: the image shape, and the images nearest to each prototype")
+        raise UsageError("show prototypes needs data: the image shape, and the images nearest to each prototype")
     image_shape = tuple(data[0][0].shape)
     images = prototype_images(model, image_shape)
     path = Path(path)
@@ -168,37 +172,35 @@ def adversarial_rows(model: torch.nn.Module, data, attacks: list[str], eps: list
 
     The first row is the first ``n_images`` correctly classified images of ``data``; then one row per
     fixed-budget attack and ε, and one per minimal-perturbation attack (with its distances). The
-    attacks are those of :mod:`robustproto.evaluate` (same names, defaults and verification of every
-    output as ``robustproto eval``); where an attack finds no adversarial the clean image stays.
+    attacks are those of :mod:`robustproto.attacks`, built by :func:`~robustproto.attacks.build_attack` and run
+    by :func:`~robustproto.evaluation.run_attack` (same names, defaults and verification of every output as
+    ``robustproto eval``); where an attack finds no adversarial the clean image stays. Bad names, norms and
+    budgets are :class:`~robustproto.errors.UsageError`, raised before any image is attacked.
     """
-    from .config import normalize_norm
-    from .evaluate import _collect, _parse_attack, _predict, _run, default_loss
-
     norm = normalize_norm(norm)
+    budgets = []
+    for name in attacks:
+        spec = parse_attack(name, {}, norm=norm).spec
+        budgets.append((name, [None] if spec.minimal else list(eps)))
+        if not budgets[-1][1]:
+            raise UsageError(f"attack '{name}' needs --eps (a fixed-budget attack)")
     device = model_device(model)
     with eval_mode(model):
-        x, y = _collect(data, None, batch_size)
-        correct = (_predict(model, x, batch_size, device) == y).nonzero().squeeze(1)[:n_images]
+        x, y = collect(data, None, batch_size)
+        correct = (predict(model, x, batch_size, device) == y).nonzero().squeeze(1)[:n_images]
         if len(correct) == 0:
-            raise ValueError("show adversarial: the model classifies none of the images correctly")
+            raise UsageError("show adversarial: the model classifies none of the images correctly")
         x, y = x[correct], y[correct]
         with torch.no_grad():
             num_classes = int(model(x[:1].to(device)).shape[1])
         rows = [("clean", x, y, None, y)]
-        for name in attacks:
-            _, spec, options = _parse_attack(name, {})
-            if options.get("loss") == "auto":
-                options["loss"] = default_loss(model)
-            if norm not in spec.norms:
-                raise ValueError(f"attack '{name}' works in {'/'.join(spec.norms)}, not {norm}")
-            budgets = [None] if spec.minimal else list(eps)
-            if not budgets:
-                raise ValueError(f"attack '{name}' needs --eps (a fixed-budget attack)")
-            for e in budgets:
-                attack = spec.build(model, e if e is not None else float("inf"), norm, num_classes, options)
-                out = _run(attack, model, x, y, e, norm, batch_size, device)
+        for name, values in budgets:
+            for e in values:
+                budget = e if e is not None else max_distance(norm, x.shape[1:])
+                out = run_attack(build_attack(name, model, budget, norm, num_classes), model, x, y, e, norm,
+                                 batch_size, device)
                 label = f"{name}\nε={e:g}" if e is not None else f"{name}\n(minimal)"
-                rows.append((label, out.examples, _predict(model, out.examples, batch_size, device),
+                rows.append((label, out.examples, predict(model, out.examples, batch_size, device),
                              None if e is not None else out.distance, y))
     return rows
 
@@ -208,8 +210,6 @@ def plot_adversarial(model: torch.nn.Module, data, path: str | Path, attacks: li
     """A grid like Fig. 1 of Saralajew et al. 2019: clean images (top row) and, per attack and ε, their
     adversarial versions (:func:`adversarial_rows`), each titled with the model's prediction (red where
     it differs from the label; minimal attacks add the distance)."""
-    from .config import normalize_norm
-
     plt = _figure_module()
     rows = adversarial_rows(model, data, attacks, eps, norm, n_images, batch_size)
     classes = list(getattr(data, "classes", []) or [])

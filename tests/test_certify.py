@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustproto
-from robustproto.certify import _local_radii, _one_hidden_layer, certify
+from robustproto.certify import certify, local_radii, one_hidden_layer
 from robustproto.data import load_split
 
 N_TEST = 64  # test points per trained model: enough for 50 certified ones, few enough for the attacks
@@ -261,7 +261,7 @@ def test_local_cross_lipschitz_bound_is_exact_at_radius_zero(mnist_like, embed_d
     x, _ = mnist_like
     model = _model(mnist_like, "mlp", "linear", width=16, embed_dim=embed_dim)
     exact = copy.deepcopy(model).double()
-    net = _one_hidden_layer(exact, x.double())
+    net = one_hidden_layer(exact, x.double())
     assert net is not None
     xi = x[:1].double().requires_grad_(True)
     scores = exact(xi)[0]
@@ -273,7 +273,7 @@ def test_local_cross_lipschitz_bound_is_exact_at_radius_zero(mnist_like, embed_d
         v = net.w[j] - net.w[c]
         beta = v[:, None] * v[None, :] * net.gram
         assert float(s @ beta @ s) ** 0.5 == pytest.approx(float((grads[c] - grads[j]).norm()), rel=1e-9)
-    assert _local_radii(net, x[:1].double(), steps=20).item() > 0
+    assert local_radii(net, x[:1].double(), steps=20).item() > 0
 
 
 def test_report_fields_and_certified_accuracy(mnist_like):

@@ -139,7 +139,7 @@ def _report(model, accuracies, attack="fgsm", norm="Linf"):
 
 
 def test_curves_of_several_reports_share_the_axes_one_line_per_model():
-    from robustproto.evaluate import robustness_figure
+    from robustproto import robustness_figure
 
     (ax,) = robustness_figure([_report("a", (0.9, 0.5, 0.1)), _report("b", (0.8, 0.7, 0.6))], labels=["GLVQ", "Lip"]).axes
     lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
@@ -155,7 +155,8 @@ def test_show_curves_cli_reads_eval_reports(tmp_path):
 
     from typer.testing import CliRunner
 
-    from robustproto.cli import UserError, app
+    from robustproto.cli import app
+    from robustproto.errors import UsageError
 
     paths = []
     for name, acc in (("m1", (0.9, 0.5, 0.1)), ("m2", (0.8, 0.7, 0.6))):
@@ -166,10 +167,10 @@ def test_show_curves_cli_reads_eval_reports(tmp_path):
     assert result.exit_code == 0, result.output
     assert matplotlib.image.imread(tmp_path / "c.png").shape[:2] == (480, 640)
     result = runner.invoke(app, ["show", "curves", *map(str, paths), "--label", "only-one"])
-    assert isinstance(result.exception, UserError) and "one per report" in str(result.exception)
+    assert isinstance(result.exception, UsageError) and "one per report" in str(result.exception)
     (tmp_path / "bad.json").write_text('{"model": "x"}')
     result = runner.invoke(app, ["show", "curves", str(tmp_path / "bad.json")])
-    assert isinstance(result.exception, UserError) and "not a report" in str(result.exception)
+    assert isinstance(result.exception, UsageError) and "not a report" in str(result.exception)
 
 
 def test_pictures_leave_every_module_in_the_mode_it_had(digits, tmp_path):
