@@ -1,13 +1,13 @@
 """Training-step time with each built-in regularizer divided by the step time without one, side by side.
 
-One step is what `robustproto train` runs per batch, through the loop's own code (`_TrainStep`, `_losses`,
-`accelerator.backward`): forward with the regularizer's extra inputs, head loss + penalty, backward,
-optimizer step, `head.after_step`. Backbone `resnet18` (timm) on 3×32×32 images with a GLVQ head, one
-fixed batch, K = 10 and K = 100 classes. Variants run interleaved (one step of each per round), so
-contention from other processes hits them alike; after warm-up rounds each variant's median is taken
-(the ratio of the fastest steps is printed beside it: other processes only ever slow a step down).
-`cross-lipschitz exact` needs K backward passes, so it runs fewer rounds (it is shown for contrast), and
-only up to --exact-max-classes classes (default 10: at K = 100 one step is ~100 backward passes).
+One step is what `robustproto train` runs per batch, through the public step (`robustproto.TrainStep`,
+`robustproto.compute_losses`, `accelerator.backward`): forward with the regularizer's extra inputs, head loss
++ penalty, backward, optimizer step, `head.after_step` (for heads that have it). Backbone `resnet18` (timm) on
+3×32×32 images with a GLVQ head, one fixed batch, K = 10 and K = 100 classes. Variants run interleaved (one
+step of each per round), so contention from other processes hits them alike; after warm-up rounds each
+variant's median is taken (the ratio of the fastest steps is printed beside it: other processes only ever slow
+a step down). `cross-lipschitz exact` needs K backward passes, so it runs fewer rounds (it is shown for
+contrast), and only up to --exact-max-classes classes (default 10: at K = 100 one step is ~100 backward passes).
 
     python benchmarks/reg_overhead.py [--batch-size 32] [--rounds 7] [--warmup 2]
 
@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 import robustproto
-from robustproto.model import create_regularizer
-from robustproto.train import _losses, _TrainStep
+from robustproto import TrainStep, compute_losses, create_regularizer
 
 VARIANTS = {  # label: (regularizer name and options, or None), target ratio
     "none": (None, None),
@@ -51,7 +50,7 @@ class Variant:
             name, options = reg_spec
             self.regs[name] = create_regularizer(name, **options)
             self.regs[name].attach(self.model)
-        self.step_module = _TrainStep(self.model).train()
+        self.step_module = TrainStep(self.model).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.accelerator = accelerator
         self.needs_input_grad = any(r.needs_input_grad for r in self.regs.values())
@@ -61,13 +60,13 @@ class Variant:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         started = time.perf_counter()
         x = x.clone().requires_grad_(self.needs_input_grad)
-        loss, penalties, _ = _losses(self.step_module, self.model, self.regs, x, y, self.step_count, self.accelerator)
-        total = loss + sum(penalties.values()) if penalties else loss
+        losses = compute_losses(self.step_module, self.model, self.regs, x, y, self.step_count, self.accelerator)
         self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(total)
+        self.accelerator.backward(losses.total)
         self.optimizer.step()
-        with torch.no_grad():
-            self.model.head.after_step()
+        if self.model.head.supports_after_step:
+            with torch.no_grad():
+                self.model.head.after_step()
         self.step_count += 1
         return time.perf_counter() - started
 

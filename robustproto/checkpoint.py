@@ -18,17 +18,19 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
+
+from .errors import MissingFileError, PluginError, UsageError
+from .utils import atomic_write, describe_error, package_version
 
 if TYPE_CHECKING:
     from .model import ProtoModel
 
-__all__ = ["load", "save_model", "read_metadata", "write_json", "append_jsonl", "read_jsonl", "load_run_config",
-           "state_dir", "require_state", "weights_sha256"]
+__all__ = ["append_jsonl", "load", "load_run_config", "load_state", "read_jsonl", "read_metadata",
+           "require_state", "save_model", "save_state", "state_dir", "weights_sha256", "write_json"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -37,45 +39,26 @@ STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON with sorted keys (and a final newline) to ``path``, atomically."""
 
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then move the result onto ``path`` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the mode open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of ``path``, one per non-blank line; ``[]`` when the file does not exist."""
     path = Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def append_jsonl(path: Path, records: Iterable[dict], keep: list[dict] | None = None) -> None:
+def append_jsonl(path: str | Path, records: Iterable[dict], keep: list[dict] | None = None) -> None:
     """Rewrite ``path`` atomically as ``keep`` (default: its current lines) followed by ``records``."""
     lines = [json.dumps(r, sort_keys=True) for r in (read_jsonl(path) if keep is None else keep)]
     lines += [json.dumps(r, sort_keys=True) for r in records]
@@ -83,7 +66,7 @@ def append_jsonl(path: Path, records: Iterable[dict], keep: list[dict] | None = 
     def write(tmp: str) -> None:
         Path(tmp).write_text("".join(line + "\n" for line in lines))
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -121,23 +104,22 @@ def _plugin_sources(spec: dict[str, Any]) -> dict[str, dict[str, str | None]]:
 def save_model(model: "ProtoModel", path: Path, config: dict[str, Any] | None = None) -> None:
     """Write the model's weights to ``path`` (safetensors) with the metadata :func:`load` rebuilds it from."""
     from safetensors.torch import save_model as _save
-    from . import __version__
 
     metadata = {
         "format": "robustproto",
-        "robustproto_version": __version__,
+        "robustproto_version": package_version(),
         "spec": json.dumps(model.spec, sort_keys=True),
         "plugins": json.dumps(_plugin_sources(model.spec), sort_keys=True),
         "config": json.dumps(config or {}, sort_keys=True),
     }
-    _atomic_write(Path(path), lambda tmp: _save(model, tmp, metadata=metadata))
+    atomic_write(Path(path), lambda tmp: _save(model, tmp, metadata=metadata))
 
 
 def _model_file(path: str | Path) -> Path:
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() or path.suffix != ".safetensors" else path
     if not file.is_file():
-        raise FileNotFoundError(f"no model checkpoint at {file}: pass the output folder of `robustproto train` "
+        raise MissingFileError(f"no model checkpoint at {file}: pass the output folder of `robustproto train` "
                                 f"(it holds {MODEL_FILE})")
     return file
 
@@ -151,11 +133,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         with safe_open(str(file), framework="pt") as f:
             raw = f.metadata() or {}
     except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {file}: it is corrupt or not a safetensors file "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                         "train again or restore it from a backup") from None
+        raise UsageError(f"cannot read checkpoint {file}: it is corrupt or not a safetensors file ({describe_error(exc)}); "
+                         "train again or restore it from a backup") from exc
     if raw.get("format") != "robustproto" or "spec" not in raw:
-        raise ValueError(f"{file} is a safetensors file but not a robustproto checkpoint (no model spec in its "
+        raise UsageError(f"{file} is a safetensors file but not a robustproto checkpoint (no model spec in its "
                          "metadata); load plain weights with safetensors.torch.load_file")
     meta: dict[str, Any] = dict(raw)
     for key in ("spec", "config", "plugins"):
@@ -172,7 +153,6 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> "ProtoModel":
     from safetensors.torch import load_model
 
     from .model import wrap
-    from .registry import PluginError
 
     file = _model_file(path)
     meta = read_metadata(file)
@@ -185,13 +165,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> "ProtoModel":
         sources = meta["plugins"]
         hint = "; ".join(f"its {kind} '{info['name']}' came from {info['source']}"
                          for kind, info in sources.items() if info.get("source"))
-        raise PluginError(f"cannot rebuild {file}: {exc}. {hint} (pip install that distribution)") from None
+        raise PluginError(f"cannot rebuild {file}: {exc}. {hint} (pip install that distribution)") from exc
     try:
         load_model(model, str(file), strict=True)
     except Exception as exc:
-        raise ValueError(f"cannot load the weights of {file}: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}; the file is corrupt or was written by "
-                         "an incompatible version of a plugin") from None
+        raise UsageError(f"cannot load the weights of {file}: {describe_error(exc)}; the file is corrupt or was written by "
+                         "an incompatible version of a plugin") from exc
     return model.to(device).eval()
 
 
@@ -199,12 +178,12 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The resolved config of a previous run (``OUT/config.json``), for ``--resume``."""
     file = Path(run_dir) / CONFIG_FILE
     if not file.is_file():
-        raise FileNotFoundError(f"nothing to resume in {run_dir}: {CONFIG_FILE} is missing (pass the --output "
+        raise MissingFileError(f"nothing to resume in {run_dir}: {CONFIG_FILE} is missing (pass the --output "
                                 "folder of an earlier `robustproto train`)")
     try:
         return json.loads(file.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{file} is not valid JSON ({exc}); the run folder is damaged") from None
+        raise UsageError(f"{file} is not valid JSON ({exc}); the run folder is damaged") from exc
 
 
 def state_dir(run_dir: str | Path) -> Path | None:
@@ -245,7 +224,7 @@ def require_state(run_dir: str | Path) -> Path:
     """:func:`state_dir`, or a clear error when the run has none."""
     found = state_dir(run_dir)
     if found is None:
-        raise FileNotFoundError(f"nothing to resume in {run_dir}: no complete training state ({STATE_DIR}/) — the "
+        raise MissingFileError(f"nothing to resume in {run_dir}: no complete training state ({STATE_DIR}/) — the "
                                 "run stopped before its first epoch ended; start it again without --resume")
     return found
 
@@ -256,7 +235,6 @@ def load_state(accelerator, run_dir: Path) -> dict[str, Any]:
     try:
         accelerator.load_state(str(found))
     except Exception as exc:
-        raise ValueError(f"cannot restore the training state in {found}: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}; the state is corrupt or from a different "
-                         "model/optimizer configuration") from None
+        raise UsageError(f"cannot restore the training state in {found}: {describe_error(exc)}; the state is corrupt or "
+                         "from a different model/optimizer configuration") from exc
     return json.loads((found / PROGRESS_FILE).read_text())

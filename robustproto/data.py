@@ -12,7 +12,6 @@ horizontal flip for CIFAR and image folders, none for the MNIST family); test se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from .config import AUGMENTATIONS, DATASETS
+from .errors import MissingFileError, UsageError
 
 __all__ = [
     "AUGMENTATIONS", "DATASETS", "ImageData", "LightAugment", "ShiftRotate", "EpochShuffleSampler", "load_split",
@@ -81,7 +81,6 @@ class ShiftRotate:
         return f"ShiftRotate(shift={self.shift}, degrees={self.degrees})"
 
 
-
 class ImageData(Dataset):
     """Images in [0, 1] from uint8 storage: an in-memory tensor ``(N, C, H, W)``, or files decoded on access.
 
@@ -113,6 +112,7 @@ class ImageData(Dataset):
         return len(self.labels)
 
     def uint8(self, index: int) -> torch.Tensor:
+        """Image ``index`` as stored: uint8 ``(C, H, W)``, not augmented."""
         return self.images[index] if self.images is not None else self.decode(self.files[index])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +136,7 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch`` for the next iteration."""
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
@@ -165,9 +166,9 @@ def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _missing(name: str, data_dir: str | None, expected: str) -> FileNotFoundError:
+def _missing(name: str, data_dir: str | None, expected: str) -> MissingFileError:
     where = f"under --data-dir {data_dir}" if data_dir else "(no --data-dir given)"
-    return FileNotFoundError(
+    return MissingFileError(
         f"dataset '{name}' not found {where}: expected {expected}; pass --data-dir pointing at the folder that "
         f"holds it, add --download to fetch it, or use --dataset mnist-small (bundled)"
     )
@@ -189,7 +190,7 @@ def _torchvision(name: str, split: str, data_dir: str | None, download: bool) ->
         ds = cls(root=data_dir, train=(split == "train"), download=download)
     except RuntimeError as exc:
         if "not found" in str(exc).lower():
-            raise _missing(name, data_dir, expected) from None
+            raise _missing(name, data_dir, expected) from exc
         raise
     data = torch.as_tensor(np.asarray(ds.data))
     images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
@@ -198,7 +199,7 @@ def _torchvision(name: str, split: str, data_dir: str | None, download: bool) ->
 
 def _bundled(split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     if not _BUNDLED.is_file():
-        raise FileNotFoundError(f"the bundled MNIST subset is missing ({_BUNDLED}); reinstall robustproto")
+        raise MissingFileError(f"the bundled MNIST subset is missing ({_BUNDLED}); reinstall robustproto")
     with np.load(_BUNDLED) as npz:
         images = torch.from_numpy(npz[f"{split}_images"]).unsqueeze(1)
         labels = torch.from_numpy(npz[f"{split}_labels"].astype(np.int64))
@@ -237,7 +238,7 @@ def _imagefolder(split: str, data_dir: str | None, img_size: int | None, max_sam
         else None
     ds = ImageFolder(str(folder))
     if train_classes is not None and ds.classes != train_classes:
-        raise ValueError(f"imagefolder: the classes of {folder} differ from those of {root / 'train'}")
+        raise UsageError(f"imagefolder: the classes of {folder} differ from those of {root / 'train'}")
     files = [p for p, _ in ds.samples]
     labels = torch.tensor([t for _, t in ds.samples])
     keep = subset_indices(len(files), max_samples)
@@ -267,11 +268,14 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
             folders, none for the MNIST family), ``"none"``, ``"crop-flip"``, ``"shift-rotate"`` (±2 px,
             ±15°); ``True`` means ``"auto"``, ``False`` ``"none"``. Default: ``"auto"`` for ``"train"``,
             ``"none"`` for ``"test"``.
+
+    Raises :class:`~robustproto.errors.MissingFileError` naming ``--data-dir``/``--download`` when the dataset is
+    not there, :class:`~robustproto.errors.UsageError` for an unknown name, split or augmentation.
     """
     if name not in DATASETS:
-        raise ValueError(f"dataset: '{name}' is not one of {', '.join(DATASETS)}")
+        raise UsageError(f"dataset: '{name}' is not one of {', '.join(DATASETS)}")
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not '{split}'")
+        raise UsageError(f"split must be 'train' or 'test', not '{split}'")
     if name == "imagefolder":
         data = _imagefolder(split, data_dir, img_size, max_samples)
     else:
@@ -286,7 +290,7 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
     if augment is None or isinstance(augment, bool):
         augment = "auto" if (split == "train" if augment is None else augment) else "none"
     if augment not in AUGMENTATIONS:
-        raise ValueError(f"augment: '{augment}' is not one of {', '.join(AUGMENTATIONS)}")
+        raise UsageError(f"augment: '{augment}' is not one of {', '.join(AUGMENTATIONS)}")
     if augment == "auto":
         augment = "crop-flip" if name in ("cifar10", "cifar100", "imagefolder") else "none"
     if augment == "crop-flip":

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import robustproto
-from robustproto.checkpoint import _atomic_write, read_metadata, weights_sha256, write_json
+from robustproto.checkpoint import read_metadata, weights_sha256, write_json
+from robustproto.utils import atomic_write
 from robustproto.config import resolve_config
+from robustproto.errors import MissingFileError, UsageError
 from robustproto.registry import PluginError
 
 
@@ -55,8 +57,9 @@ def test_load_rebuilds_the_trained_model(run):
 
 def test_missing_and_corrupt_checkpoints_are_one_line_errors(run, tmp_path):
     out, _ = run
-    with pytest.raises(FileNotFoundError, match="no model checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no model checkpoint") as missing:
         robustproto.load(tmp_path)
+    assert isinstance(missing.value, MissingFileError)
     bad = tmp_path / "bad"
     bad.mkdir()
     data = (out / "model.safetensors").read_bytes()
@@ -64,6 +67,7 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(run, tmp_path):
     with pytest.raises(ValueError) as err:
         robustproto.load(bad)
     assert "corrupt" in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, UsageError) and err.value.__cause__ is not None  # the reader's error is kept
     (bad / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="corrupt"):
         robustproto.load(bad)
@@ -106,7 +110,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        _atomic_write(target, broken)
+        atomic_write(target, broken)
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 

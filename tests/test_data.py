@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from robustproto.data import EpochShuffleSampler, LightAugment, load_split
+from robustproto.errors import MissingFileError, UsageError
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -47,6 +48,7 @@ def test_missing_dataset_says_what_to_pass(tmp_path):
         load_split("cifar10", "train", data_dir=str(tmp_path))
     message = str(err.value)
     assert "--data-dir" in message and "--download" in message and "\n" not in message
+    assert isinstance(err.value, MissingFileError)
     with pytest.raises(FileNotFoundError, match="--data-dir"):
         load_split("mnist", "train")
 
@@ -121,7 +123,7 @@ def test_augment_option_selects_the_augmentation():
     data = load_split("mnist-small", "train", max_samples=10, augment="shift-rotate")
     assert isinstance(data.augment, ShiftRotate)
     assert isinstance(load_split("mnist-small", "train", max_samples=10, augment="crop-flip").augment, LightAugment)
-    with pytest.raises(ValueError, match="augment: 'twist' is not one of"):
+    with pytest.raises(UsageError, match="augment: 'twist' is not one of"):  # a ValueError
         load_split("mnist-small", "train", max_samples=10, augment="twist")
 
 

@@ -1,4 +1,4 @@
-"""The training loop: multi-process equality, pretrained wrapping, exact resume, hooks, failures.
+"""``robustproto.train``: multi-process equality, exact resume, Ctrl-C, NaN stops, hooks, freezing, bf16.
 
 All runs use timm's ``test_resnet`` on a few hundred bundled MNIST images and the ``robustproto-testkit``
 plugins of conftest (head ``tiny`` with observable hooks, regularizer ``probe``).
@@ -12,31 +12,14 @@ import subprocess
 import sys
 
 import pytest
-import timm
 import torch
-from torch.utils.data import DataLoader
+from tiny_runs import BATCH, TEST, TRAIN, accuracy, tiny
 
 import robustproto
 from robustproto.checkpoint import read_jsonl, weights_sha256
-from robustproto.config import resolve_config
 from robustproto.data import load_split
-from robustproto.train import NonFiniteLossError, _TrainStep, build_model, train
-
-TRAIN, TEST, BATCH = 256, 67, 16  # 16 steps per epoch; an odd test size checks gather_for_metrics' de-duplication
-
-
-def tiny(tmp_path, name="run", **overrides):
-    layer = {"backbone": "test_resnet", "head": "tiny", "max_train_samples": TRAIN, "max_test_samples": TEST,
-             "batch_size": BATCH, "epochs": 2, "lr": 0.01, "output": str(tmp_path / name)}
-    layer.update(overrides)
-    return resolve_config(layer)
-
-
-def accuracy(model, split="test", n=TEST):
-    data = load_split("mnist-small", split, max_samples=n)
-    with torch.no_grad():
-        pred = torch.cat([model(x).argmax(1) for x, _ in DataLoader(data, batch_size=50)])
-    return int((pred == data.labels).sum()) / len(data)
+from robustproto.errors import NonFiniteLossError
+from robustproto.training import build_model, train
 
 
 def test_torchrun_two_processes_agree_and_report_the_exact_test_accuracy(testkit, tmp_path):
@@ -57,35 +40,6 @@ def test_torchrun_two_processes_agree_and_report_the_exact_test_accuracy(testkit
     assert weights_sha256(model) == records[-1]["weights_sha256"][0]
     assert records[-1]["test_acc"] == pytest.approx(accuracy(model), abs=1e-12)
     assert records[-1]["test_acc"] > 0.3  # it learned something, so the equality is not a trivial 10 %
-
-
-def test_pretrained_weights_give_the_original_embeddings(testkit, tmp_path):
-    from safetensors.torch import save_file
-
-    original = timm.create_model("test_resnet", num_classes=10, in_chans=1).eval()
-    file = tmp_path / "backbone.safetensors"
-    save_file(original.state_dict(), str(file))  # with its classifier, as timm checkpoints come
-    torch.save(original.state_dict(), tmp_path / "backbone.pth")
-    data = load_split("mnist-small", "train", max_samples=8)
-    x = torch.stack([data[i][0] for i in range(8)])
-    with torch.no_grad():
-        expected = original.forward_head(original.forward_features(x), pre_logits=True)
-    for path in (file, tmp_path / "backbone.pth"):
-        model = build_model(tiny(tmp_path, pretrained_weights=str(path)), data).eval()
-        with torch.no_grad():
-            assert torch.allclose(model.backbone(x), expected, atol=1e-6)
-    fresh = build_model(tiny(tmp_path), data).eval()
-    with torch.no_grad():
-        assert not torch.allclose(fresh.backbone(x), expected, atol=1e-3)
-
-
-def test_pretrained_weights_of_another_architecture_are_rejected(testkit, tmp_path):
-    from safetensors.torch import save_file
-
-    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(tmp_path / "other.safetensors"))
-    data = load_split("mnist-small", "train", max_samples=8)
-    with pytest.raises(ValueError, match="pretrained_weights: .*does not fit"):
-        build_model(tiny(tmp_path, pretrained_weights=str(tmp_path / "other.safetensors")), data)
 
 
 def test_resume_after_two_epochs_equals_an_uninterrupted_run(testkit, tmp_path):
@@ -132,18 +86,6 @@ def test_regularizer_hook(testkit, tmp_path):
     assert read_jsonl(tmp_path / "reg0" / "metrics.jsonl")[0]["reg/probe"] == 0.0
 
 
-def test_extra_inputs_are_embedded_in_the_same_call_and_split_back(testkit, tmp_path):
-    data = load_split("mnist-small", "train", max_samples=6)
-    model = build_model(tiny(tmp_path), data).eval()
-    x = torch.stack([data[i][0] for i in range(6)])
-    extra_a, extra_b = x.flip(-1)[:4], torch.rand(3, 1, 28, 28)
-    with torch.no_grad():
-        z, scores, (za, zb) = _TrainStep(model)(x, [extra_a, extra_b])
-        assert torch.allclose(z, model.embed(x), atol=1e-6) and torch.allclose(scores, model(x), atol=1e-6)
-        assert torch.allclose(za, model.embed(extra_a), atol=1e-6)
-        assert torch.allclose(zb, model.embed(extra_b), atol=1e-6)
-
-
 def test_freeze_backbone_epochs_trains_only_the_head(testkit, tmp_path):
     data = load_split("mnist-small", "train", max_samples=8)
     torch.manual_seed(0)
@@ -178,17 +120,6 @@ def test_nan_loss_on_the_command_line_is_one_line_exit_2(testkit, tmp_path):
     assert "none (no epoch finished yet)" in result.stderr
 
 
-@pytest.mark.parametrize("overrides, words", [
-    ({"backbone": "test_vit"}, "1×28×28"),
-    ({"backbone_opt": ["in_chans=3"]}, "(B, 3, H, W)"),
-])
-def test_a_model_that_does_not_fit_the_data_fails_before_training(testkit, tmp_path, overrides, words):
-    with pytest.raises(ValueError) as err:
-        train(tiny(tmp_path, **overrides))
-    assert words in str(err.value) and "\n" not in str(err.value)
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
-
-
 def test_bf16_autocast_run_keeps_float32_weights_and_trains_like_float32(testkit, tmp_path):
     first = train(tiny(tmp_path, "fp32", max_train_samples=64))  # a later run may change precision
     result = train(tiny(tmp_path, "bf16", max_train_samples=64, mixed_precision="bf16"))
@@ -199,49 +130,3 @@ def test_bf16_autocast_run_keeps_float32_weights_and_trains_like_float32(testkit
     bf16_losses = [r["train_loss"] for r in result.metrics]
     assert bf16_losses == pytest.approx(fp32_losses, abs=0.05)
     assert bf16_losses[1] < bf16_losses[0] - 0.25
-
-
-def test_head_init_leaves_batchnorm_statistics_untouched(testkit, tmp_path):
-    from robustproto.train import _init_head
-
-    cfg = tiny(tmp_path, init_samples=64)
-    data = load_split("mnist-small", "train", max_samples=64)
-    model = build_model(cfg, data)
-    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    _init_head(model, data, cfg, torch.device("cpu"))
-    assert model.head.init_count.item() == 1 and model.head.weight.abs().sum() > 0 and model.training
-    for key, value in model.backbone.state_dict().items():
-        assert torch.equal(value, before[key]), key
-
-
-def test_glvq_on_pixels_starts_from_class_means_and_training_improves_on_them(tmp_path):
-    # the built-in flatten backbone and glvq head: class-mean prototypes are a good classifier before the first
-    # step, and one epoch of training lowers the GLVQ loss and raises the accuracy on the training set
-    from accelerate.utils import set_seed
-
-    from robustproto.train import _init_head
-
-    cfg = resolve_config({"backbone": "flatten", "head": "glvq", "max_train_samples": 1000, "max_test_samples": 500,
-                          "epochs": 1, "lr": 0.01, "output": str(tmp_path / "glvq")})
-    train_data = load_split("mnist-small", "train", max_samples=1000)
-    test_data = load_split("mnist-small", "test", max_samples=500)
-    set_seed(cfg.seed)  # as train() does before it builds the model
-    initial = build_model(cfg, train_data)
-    _init_head(initial, train_data, cfg, torch.device("cpu"))
-    result = train(cfg)
-
-    def loss_and_accuracy(model, data):
-        model.eval()
-        with torch.no_grad():
-            z = model.embed(data.images.float() / 255)
-            scores = model.head(z)
-            return float(model.head.loss(z, scores, data.labels)), float((scores.argmax(1) == data.labels).mean(
-                dtype=torch.float32))
-
-    (loss0, train_acc0), (loss1, train_acc1) = (loss_and_accuracy(m, train_data) for m in (initial, result.model))
-    (test_loss0, test_acc0), (test_loss1, test_acc1) = (loss_and_accuracy(m, test_data)
-                                                        for m in (initial, result.model))
-    assert test_acc0 >= 0.7  # the class-mean init alone (measured 0.77)
-    assert loss1 < loss0 - 0.03 and test_loss1 < test_loss0 - 0.02  # measured -0.113 → -0.159, -0.102 → -0.141
-    assert train_acc1 > train_acc0 + 0.02  # measured 0.811 → 0.846
-    assert test_acc1 >= test_acc0 - 0.02 and result.test_acc == pytest.approx(test_acc1)  # not lost on test data

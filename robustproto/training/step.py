@@ -1,0 +1,199 @@
+"""One training step and one epoch of them: the part of the loop a training-time plugin runs inside.
+
+:class:`TrainStep` is the module Accelerate prepares (and DDP wraps), :func:`compute_losses` the forward pass
+of a step with every loss term, :func:`train_one_epoch` the inner loop (forward, NaN check, backward, optimiser
+step, head hook) over one epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
+
+import torch
+from torch import nn
+
+from ..errors import NonFiniteLossError
+from ..regularizer import Regularizer, StepContext
+
+if TYPE_CHECKING:
+    from ..model import ProtoModel
+
+__all__ = ["EpochResult", "Losses", "TrainStep", "compute_losses", "epoch_sums", "train_one_epoch"]
+
+
+class TrainStep(nn.Module):
+    """The module Accelerate prepares and DDP wraps: one backbone call per step.
+
+    ``forward(x, extra)`` embeds ``x`` and every tensor of ``extra`` (the regularizers' extra inputs) in a
+    single call of ``model.embed`` on their concatenation, so DDP sees one forward per step, and returns
+    ``(z, scores, extra_z)``: the embeddings of ``x`` ``(B, embed_dim)``, the head's scores of them
+    ``(B, num_classes)``, and the embeddings of each ``extra`` tensor, split back in the same order. Its
+    only parameters and buffers are those of ``model``.
+    """
+
+    def __init__(self, model: "ProtoModel"):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, extra: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             list[torch.Tensor]]:
+        """``(z, scores, extra_z)``: embeddings and head scores of ``x`` and the embeddings of each ``extra`` batch, from one backbone call."""
+        if extra:
+            z_all = self.model.embed(torch.cat([x, *extra]))
+            z, *extra_z = z_all.split([len(x), *(len(e) for e in extra)])
+        else:
+            z, extra_z = self.model.embed(x), []
+        return z, self.model.head(z), extra_z
+
+
+class Losses(NamedTuple):
+    """What :func:`compute_losses` returns: the head's loss, each regularizer's penalty (by name), the scores."""
+
+    loss: torch.Tensor
+    penalties: dict[str, torch.Tensor]
+    scores: torch.Tensor
+
+    @property
+    def total(self) -> torch.Tensor:
+        """The loss the step minimises: the head's loss plus every penalty."""
+        return self.loss + sum(self.penalties.values()) if self.penalties else self.loss
+
+
+def compute_losses(step_module: nn.Module, model: "ProtoModel", regs: dict[str, Regularizer], x: torch.Tensor,
+                   y: torch.Tensor, step: int, accelerator) -> Losses:
+    """The forward pass of one training step, under ``accelerator.autocast()``.
+
+    Args:
+        step_module: a :class:`TrainStep` of ``model``, as prepared by Accelerate (possibly DDP-wrapped).
+        model: the unwrapped :class:`~robustproto.ProtoModel`; regularizers see it as ``ctx.model``.
+        regs: the regularizers by name; each one's ``extra_inputs(x)`` is embedded in the same backbone call.
+        x, y: the batch (``x`` must already require grad if a regularizer set ``needs_input_grad``).
+        step: the global optimiser step, passed on as ``ctx.step``.
+
+    Returns :class:`Losses`: ``loss`` (the head's ``loss(z, scores, y)``), ``penalties`` (each regularizer's
+    ``penalty`` on a :class:`~robustproto.StepContext`, keyed and ordered like ``regs``) and ``scores``; all on
+    the one graph of this forward pass, so ``Losses.total`` can be backpropagated once.
+    """
+    extras = {n: r.extra_inputs(x) for n, r in regs.items()}
+    with accelerator.autocast():
+        z, scores, extra_z = step_module(x, [e for e in extras.values() if e is not None])
+        extra_iter = iter(extra_z)
+        loss = model.head.loss(z, scores, y)
+        penalties = {
+            n: r.penalty(StepContext(x=x, y=y, z=z, scores=scores,
+                                     extra_z=next(extra_iter) if extras[n] is not None else None,
+                                     model=model, step=step))
+            for n, r in regs.items()
+        }
+    return Losses(loss, penalties, scores)
+
+
+def epoch_sums(regs: Iterable[str]) -> dict[str, float]:
+    """The empty running sums of an epoch: ``loss``, ``correct``, ``seen``, ``seconds`` and ``reg/<name>``."""
+    return {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0, **{f"reg/{n}": 0.0 for n in regs}}
+
+
+@dataclass
+class EpochResult:
+    """What :func:`train_one_epoch` did.
+
+    Attributes:
+        sums: this process's running sums (see :func:`epoch_sums`): loss and ``reg/<name>`` summed over
+            samples (multiply a batch mean by the batch size), correct predictions, samples seen, training
+            seconds; they include the sums passed in when the epoch was resumed.
+        batches_done: batches of this epoch done, including those skipped on a resume.
+        global_step: the global optimiser step after the last step taken.
+        stopped: the stop request was seen (on any process) and the epoch ended early after a whole step;
+            ``batches_done`` may still equal the epoch's length if it came during the last step.
+    """
+
+    sums: dict[str, float]
+    batches_done: int
+    global_step: int
+    stopped: bool
+
+
+def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str, Regularizer], loader: Iterable,
+                    optimizer: torch.optim.Optimizer, accelerator, *, epoch: int, global_step: int = 0,
+                    resume_at: int = 0, sums: dict[str, float] | None = None, freeze_backbone: bool = False,
+                    should_stop: Callable[[], bool] | None = None,
+                    on_step: Callable[[dict[str, float], float], None] | None = None,
+                    last_good: str | None = None) -> EpochResult:
+    """Train ``model`` over one epoch of ``loader``, step by step, as ``robustproto train`` does.
+
+    Every process of a run calls it with its own shard of the data. Per batch: ``x`` requires grad when a
+    regularizer ``needs_input_grad``; :func:`compute_losses`; a check, agreed by all processes, that the head's
+    loss and every penalty are finite; ``accelerator.backward`` of the total; ``optimizer.step()``;
+    ``head.after_step()`` under ``torch.no_grad`` when the head ``supports_after_step``.
+
+    Args:
+        step_module, model, regs: as for :func:`compute_losses`; ``step_module`` is put in training mode.
+        loader: the prepared training DataLoader; its ``set_epoch(epoch)`` is called when it has one (any
+            iterable of ``(x, y)`` batches works when ``resume_at`` is 0).
+        optimizer, accelerator: the prepared optimizer and the run's ``Accelerator``.
+        epoch: the 0-based epoch (for the shuffle order and messages).
+        global_step: optimiser steps taken before this call.
+        resume_at: batches of this epoch already done (skipped with ``accelerator.skip_first_batches``).
+        sums: the running sums of those batches (from an interrupted epoch), else fresh ones.
+        freeze_backbone: keep the backbone as it is: eval mode (BatchNorm statistics too) and no update.
+        should_stop: read between steps; once true on any process, every process stops after the same step.
+        on_step: called after each step with the running sums and this epoch's training seconds so far.
+        last_good: the last good checkpoint as a non-finite-loss message should name it.
+
+    Raises :class:`~robustproto.errors.NonFiniteLossError` (before any weight is changed by that step) naming
+    the step, the non-finite terms and ``last_good``.
+    """
+    step_module.train()
+    frozen = list(model.backbone.parameters()) if freeze_backbone else []
+    if freeze_backbone:
+        model.backbone.eval()  # frozen means its BatchNorm statistics too
+    after_step = model.head.supports_after_step
+    needs_input_grad = any(reg.needs_input_grad for reg in regs.values())
+    sums = dict(sums or epoch_sums(regs))
+    batches = accelerator.skip_first_batches(loader, resume_at) if resume_at else loader
+    if hasattr(batches, "set_epoch"):
+        batches.set_epoch(epoch)  # Accelerate's loaders pass their own epoch count on to our sampler
+    batches_done, stopped = resume_at, False
+    started, seconds_before = time.perf_counter(), sums["seconds"]
+    for x, y in batches:
+        if needs_input_grad:
+            x.requires_grad_(True)
+        losses = compute_losses(step_module, model, regs, x, y, global_step, accelerator)
+        terms = torch.stack([losses.loss.detach().float(), *(p.detach().float() for p in losses.penalties.values())])
+        flags = torch.tensor([float(not torch.isfinite(terms).all()), float(bool(should_stop and should_stop()))],
+                             device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flags = accelerator.reduce(flags, "sum")
+        if flags[0] > 0:
+            bad = [f"{name} = {value}" for name, value in
+                   zip(["head loss", *(f"reg/{n}" for n in regs)], terms.tolist()) if not math.isfinite(value)]
+            raise NonFiniteLossError(
+                f"non-finite loss at step {global_step + 1} (epoch {epoch + 1}, batch {batches_done + 1}): "
+                f"{', '.join(bad) or 'on another process'}; stopped before updating the weights. "
+                f"Last good checkpoint: {last_good or 'none (no epoch finished yet)'}. "
+                "Lower --lr, use --mixed-precision no/bf16, or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(losses.total)
+        for p in frozen:
+            p.grad = None  # optimisers skip parameters without a gradient
+        optimizer.step()
+        if after_step:
+            with torch.no_grad():
+                model.head.after_step()
+        global_step += 1
+        batches_done += 1
+        sums["loss"] += float(terms[0]) * len(y)
+        sums["correct"] += float((losses.scores.detach().argmax(1) == y).sum())
+        sums["seen"] += len(y)
+        for n in regs:
+            sums[f"reg/{n}"] += float(losses.penalties[n].detach()) * len(y)
+        if on_step is not None:
+            on_step(sums, seconds_before + time.perf_counter() - started)
+        if flags[1] > 0:  # every process saw the same flags, so they all stop after this step
+            stopped = True
+            break
+    sums["seconds"] = seconds_before + time.perf_counter() - started
+    return EpochResult(sums=sums, batches_done=batches_done, global_step=global_step, stopped=stopped)
