@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["HOOK_CAPABILITIES", "Head", "affine_margin", "squared_euclidean", "working_dtype"]
+__all__ = ["CAPABILITY_FLAGS", "HOOK_CAPABILITIES", "Head", "affine_margin", "squared_euclidean", "working_dtype"]
 
 
 class Head(nn.Module):
@@ -17,7 +17,12 @@ class Head(nn.Module):
         [project.entry-points."robustproto.heads"]
         myhead = "my_package.heads:MyHead"
 
-    Required:
+    or, inside one process (a notebook, a script, a test), ``robustproto.register_head("myhead",
+    MyHead)``. Either way the class is checked against this contract when it loads, as pluggy
+    checks hook implementations against their specs: a head that breaks it is listed with its
+    error by ``robustproto plugins`` and asking for it raises :class:`robustproto.PluginError`.
+
+    Required (a head that does not implement ``forward`` and ``loss`` is refused):
 
     - ``__init__(self, embed_dim: int, num_classes: int, **options)``: ``options``
       come from ``--head-opt key=value`` (strings are parsed as Python literals by
@@ -32,8 +37,8 @@ class Head(nn.Module):
     ``supports_init_from_data``, ``supports_after_step``). A subclass that overrides a
     hook gets its flag set to ``True`` automatically; set the flag yourself to say
     otherwise (a head whose margin depends on its options sets ``self.supports_margin``
-    per instance). Declaring a hook that is not implemented is refused when the plugin
-    loads:
+    per instance). Declaring a hook that is not implemented (the flag ``True`` on the class, the
+    method still ``Head``'s) is refused when the plugin loads, and so is a flag that is not a bool:
 
     - ``init_from_data(z, y)``: called once before training with embeddings of a
       first pass over (a subset of) the training data, e.g. class means, k-means
@@ -93,13 +98,17 @@ class Head(nn.Module):
         self.num_classes = int(num_classes)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Class scores ``(B, num_classes)`` of embeddings ``z``; argmax is the prediction."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward(z)")
 
     def loss(self, z: torch.Tensor, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The training loss of a batch (a scalar, the mean over it)."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss(z, scores, y)")
 
     @classmethod
     def preferred_embed_dim(cls, num_classes: int, **options) -> int | None:
+        """The embedding size the head wants when the user gives none (a linear neck is then added); ``None``
+        keeps the backbone's feature size."""
         return None
 
     def init_from_data(self, z: torch.Tensor, y: torch.Tensor) -> None:
@@ -109,6 +118,7 @@ class Head(nn.Module):
         """Projection after an optimiser step; the default does nothing."""
 
     def margin(self, z: torch.Tensor) -> torch.Tensor:
+        """Per ``z`` a certified lower bound of the L2 distance, in embedding space, to the decision boundary of the predicted class (only with ``supports_margin``)."""
         raise NotImplementedError(
             f"head '{type(self).__name__}' gives no certified margin; certify a model with a head that "
             "implements margin(z) (`robustproto plugins` lists the heads; built in: linear, glvq, gmlvq, repulsive)"
@@ -121,10 +131,11 @@ class Head(nn.Module):
         )
 
 
-
 # each optional hook of Head and the capability flag that declares it
 HOOK_CAPABILITIES = {"margin": "supports_margin", "init_from_data": "supports_init_from_data",
                      "after_step": "supports_after_step", "affine_map": "scores_affine_in_embedding"}
+# every capability flag of Head: a bool on the class (an instance may refine it, as repulsive's supports_margin)
+CAPABILITY_FLAGS = (*HOOK_CAPABILITIES.values(), "scores_are_logits")
 
 
 def working_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -1,163 +1,30 @@
-"""Layers as linear operators: power iteration for their spectral norms, and a certified Lipschitz bound.
+"""A certified Lipschitz bound of a model's embedding over its torch.fx graph (:func:`lipschitz_upper_bound`).
 
-Two consumers share this module:
-
-- the ``spectral-norm`` regularizer runs one step of :func:`power_iteration_step` per training step on a
-  :class:`LayerOperator` (the kernel as a matrix, or the convolution as the operator it is at its input
-  size) and penalises the differentiable estimate :func:`rayleigh_sigma`;
-- :func:`lipschitz_upper_bound` (used by ``certify``) needs numbers that are never too small, so it uses
-  exact norms instead of power iteration, which only ever approaches σ from below: the SVD of a linear
-  layer's matrix, and for a convolution the norm of the circular convolution its zero-padded operator is
-  a block of (:func:`conv2d_norm_bound`).
+It needs numbers that are never too small, so every factor is an exact norm or an upper bound: the SVD of a
+linear layer's matrix, :func:`robustproto.operators.conv2d_norm_bound` for a convolution (power iteration
+only approaches σ from below), folded BatchNorm, pooling, activations and residual sums.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
-if TYPE_CHECKING:
-    from .model import ProtoModel
+from .errors import UsageError
+from .operators import computes_like, conv2d_norm_bound
 
-__all__ = ["LayerOperator", "conv2d_norm_bound", "lipschitz_upper_bound", "power_iteration_step", "rayleigh_sigma"]
+__all__ = ["lipschitz_upper_bound"]
 
-MODES = ("reshape", "operator")
 # relative margin on the product of float64 norms: their rounding error is ~1e-13, so this only guards
 # against the accumulated float error of ~20 factors, with room to spare
 SAFETY = 1.0 + 1e-6
-
-
-def _plain(module: nn.Module, base: type) -> bool:
-    """True when ``module`` computes exactly what ``base`` computes (subclasses such as timm's
-    ``Conv2dSame`` or ``StdConv2d`` change the forward, so their weight is not the operator)."""
-    return isinstance(module, base) and type(module).forward is base.forward
-
-
-class LayerOperator:
-    """A linear or convolutional layer, bias dropped, as a linear map ``A`` for power iteration.
-
-    ``mode="reshape"`` sees a convolution kernel ``(out, in, kh, kw)`` as the matrix ``(out, in·kh·kw)``
-    (Yoshida & Miyato's choice); ``mode="operator"`` sees it as the map it applies to an input of
-    ``input_hw`` pixels (zero padding, stride, dilation and groups included), whose adjoint is the
-    transposed convolution. A linear layer is its weight matrix in both modes. ``u_shape`` and
-    ``v_shape`` are the shapes of the left and right singular vectors.
-    """
-
-    def __init__(self, module: nn.Module, mode: str = "reshape", input_hw: Sequence[int] | None = None):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        problem = self.unsupported(module, mode)
-        if problem:
-            raise NotImplementedError(problem)
-        self.module = module
-        if isinstance(module, nn.Linear) or mode == "reshape":
-            self.kind = "matrix"
-            self.v_shape, self.u_shape = (module.weight[0].numel(),), (module.weight.shape[0],)
-        else:
-            if input_hw is None:
-                raise ValueError("operator mode needs the layer's input size (input_hw)")
-            self.kind = "conv2d"
-            h, w = (int(s) for s in input_hw)
-            self.v_shape, self.u_shape = (1, module.in_channels, h, w), (1, *self._out_shape(h, w))
-
-    @staticmethod
-    def unsupported(module: nn.Module, mode: str) -> str | None:
-        """Why ``module`` has no ``mode`` operator, or ``None`` when it has one."""
-        if isinstance(module, nn.Linear) or (mode == "reshape" and isinstance(module, nn.modules.conv._ConvNd)):
-            return None
-        if mode == "operator" and _plain(module, nn.Conv2d):
-            if module.padding_mode == "zeros" and not isinstance(module.padding, str):
-                return None
-            return (f"operator mode supports zero padding given as integers, not padding={module.padding!r} "
-                    f"padding_mode={module.padding_mode!r}; use mode=reshape")
-        return (f"no {mode}-mode operator for {type(module).__name__}: supported are nn.Linear and "
-                f"{'any convolution' if mode == 'reshape' else 'nn.Conv2d (not subclasses that change its forward)'}")
-
-    def _out_shape(self, h: int, w: int) -> tuple[int, int, int]:
-        m = self.module
-        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1
-                for n, p, d, k, s in zip((h, w), m.padding, m.dilation, m.kernel_size, m.stride)]
-        if min(size) < 1:
-            raise ValueError(f"input {h}×{w} is too small for {m}")
-        return (m.out_channels, *size)
-
-    def apply(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """``A v`` for the layer with weight ``weight``."""
-        if self.kind == "matrix":
-            return weight.flatten(1) @ v
-        m = self.module
-        return F.conv2d(v, weight, None, m.stride, m.padding, m.dilation, m.groups)
-
-    def adjoint(self, u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """``Aᵀ u``: for a convolution, the transposed convolution back to the input size."""
-        if self.kind == "matrix":
-            return weight.flatten(1).t() @ u
-        m = self.module
-        expected = self.v_shape[2:]
-        natural = [(n - 1) * s - 2 * p + d * (k - 1) + 1
-                   for n, s, p, d, k in zip(u.shape[2:], m.stride, m.padding, m.dilation, m.kernel_size)]
-        output_padding = tuple(e - n for e, n in zip(expected, natural))  # rows a stride skipped
-        return F.conv_transpose2d(u, weight, None, m.stride, m.padding, output_padding, m.groups, m.dilation)
-
-
-def _normalized(t: torch.Tensor) -> torch.Tensor:
-    return t / t.norm().clamp_min(1e-12)
-
-
-@torch.no_grad()
-def power_iteration_step(op: LayerOperator, weight: torch.Tensor,
-                         u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One power-iteration step on ``AᵀA`` from the left vector ``u``: ``v = Aᵀu/‖·‖``, ``u' = Av/‖·‖``;
-    returns ``(u', v)``."""
-    v = _normalized(op.adjoint(u, weight))
-    return _normalized(op.apply(v, weight)), v
-
-
-def rayleigh_sigma(op: LayerOperator, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``σ ≈ uᵀ A v`` for unit ``u``, ``v``: a lower estimate of the spectral norm, differentiable in ``weight``."""
-    return (u * op.apply(v, weight)).sum()
-
-
-def _kernel_as_dense(conv: nn.Conv2d, weight: torch.Tensor) -> torch.Tensor:
-    """The kernel ``(out, in, kh', kw')`` with groups expanded to zero blocks and dilation to zero taps."""
-    out_ch, per_group, kh, kw = weight.shape
-    dh, dw = conv.dilation
-    dense = weight.new_zeros(out_ch, conv.in_channels, dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-    group_out = out_ch // conv.groups
-    for g in range(conv.groups):
-        rows = slice(g * group_out, (g + 1) * group_out)
-        dense[rows, g * per_group:(g + 1) * per_group, ::dh, ::dw] = weight[rows]
-    return dense
-
-
-@torch.no_grad()
-def conv2d_norm_bound(conv: nn.Conv2d, input_hw: Sequence[int], weight: torch.Tensor | None = None) -> float:
-    """An upper bound of the spectral norm of ``conv`` (bias dropped) on inputs of ``input_hw`` pixels.
-
-    Embed the input in an ``N₁ × N₂`` grid with ``Nᵢ ≥ nᵢ + 2·padᵢ + kernelᵢ``: no tap wraps around, so
-    the zero-padded, possibly strided convolution is a block (a subset of rows and columns) of the
-    circular convolution on that grid, and a block's norm is at most the whole matrix's. The circular
-    convolution is block-diagonalised by the 2-D DFT (Sedghi, Gupta & Long 2019), so its norm is the
-    largest singular value of the ``out × in`` matrices ``Ŵ(ω)`` over the grid's frequencies, computed
-    in float64 (the largest eigenvalue of the smaller Gram matrix). For stride 1 the bound is tight up to
-    boundary effects (2–3 % above the norm on 12×12 maps, 4–8 % on 8×8); a stride keeps only some of the
-    rows, which the bound does not see (3×3 kernels with stride 2: 1.3–1.6× the norm).
-    """
-    if not _plain(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        raise NotImplementedError(
-            f"no norm bound for {type(conv).__name__} with padding={conv.padding!r} "
-            f"padding_mode={getattr(conv, 'padding_mode', '?')!r}: supported is nn.Conv2d with integer zero padding")
-    kernel = _kernel_as_dense(conv, (conv.weight if weight is None else weight).detach().double())
-    grid = [n + 2 * p + k for n, p, k in zip(input_hw, conv.padding, kernel.shape[2:])]
-    # a real kernel has Ŵ(−ω) = conj Ŵ(ω), with the same singular values: half the spectrum suffices
-    spectrum = torch.fft.rfft2(kernel, s=grid).permute(2, 3, 0, 1)  # (N1, N2//2 + 1, out, in)
-    gram = spectrum @ spectrum.mH if spectrum.shape[-2] <= spectrum.shape[-1] else spectrum.mH @ spectrum
-    return math.sqrt(float(torch.linalg.eigvalsh(gram)[..., -1].max().clamp_min(0)))
 
 
 def _matrix_norm(weight: torch.Tensor) -> float:
@@ -230,7 +97,7 @@ def _module_factor(module: nn.Module, node, input_shape: torch.Size) -> float:
         return max(1.0, module.alpha)
     if type(module) in (nn.Identity, nn.Flatten) or isinstance(module, nn.modules.dropout._DropoutNd):
         return 1.0  # dropout is the identity in eval mode
-    if _plain(module, nn.Linear):
+    if computes_like(module, nn.Linear):
         return _matrix_norm(module.weight)
     if isinstance(module, nn.Conv2d):
         return conv2d_norm_bound(module, input_shape[2:])
@@ -255,8 +122,6 @@ def _module_factor(module: nn.Module, node, input_shape: torch.Size) -> float:
 def _uses(node) -> list:
     """The nodes ``node`` reads, once per appearance in its (nested) arguments: ``h + h`` reads ``h`` twice
     and ``torch.cat([a, b, a])`` reads ``a`` twice, where ``node.all_input_nodes`` lists each node once."""
-    import torch.fx as fx
-
     uses: list = []
     fx.node.map_arg((node.args, node.kwargs), uses.append)
     return uses
@@ -279,9 +144,6 @@ def _graph_bound(module: nn.Module, input_shape: Sequence[int]) -> tuple[float, 
     scales its output channels), which is tighter than the product of both norms. Any other op
     that reads the input more than once (``h * h``) raises ``NotImplementedError``.
     """
-    import torch.fx as fx
-    from torch.fx.passes.shape_prop import ShapeProp
-
     try:  # inside a Sequential, a torch.nn module given alone stays a leaf (call_module) in the graph
         graph = fx.symbolic_trace(nn.Sequential(module))
     except Exception as exc:
@@ -327,7 +189,7 @@ def _folded_batchnorm(node, modules: dict) -> nn.Module | None:
     if node.op != "call_module" or len(node.users) != 1:
         return None
     producer, (user,) = modules[node.target], node.users
-    if not (_plain(producer, nn.Linear) or isinstance(producer, nn.Conv2d)) or user.op != "call_module":
+    if not (computes_like(producer, nn.Linear) or isinstance(producer, nn.Conv2d)) or user.op != "call_module":
         return None
     bn = modules[user.target]
     return bn if _is_batchnorm(bn) else None
@@ -375,7 +237,7 @@ def _number_factor(node, arg) -> float:
     return 1.0 / abs(number) if quotient else abs(number)
 
 
-def lipschitz_upper_bound(model: "ProtoModel", input_size: Sequence[int]) -> float:
+def lipschitz_upper_bound(model: nn.Module, input_size: Sequence[int]) -> float:
     """A certified ``L`` with ``‖model.embed(x) − model.embed(x')‖₂ ≤ L·‖x − x'‖₂`` for all images
     ``x, x'`` of shape ``input_size = (C, H, W)`` (pixel units: the normalisation, ``1/min std``, is in it).
 
@@ -397,20 +259,22 @@ def lipschitz_upper_bound(model: "ProtoModel", input_size: Sequence[int]) -> flo
 
     Only the embedding is bounded: a head's certified radius in embedding space (``head.margin``)
     divided by ``L`` is a certified radius in pixel space.
-    """
-    from .model import Normalize
 
+    ``model`` is a :class:`robustproto.ProtoModel`, or any module with ``normalize``, ``backbone`` and
+    ``neck``; the normalisation gives its own constant through ``normalize.lipschitz_constant()``
+    (:class:`robustproto.Normalize`: ``1 / min std``), and one without that method is refused.
+    """
     input_size = tuple(int(s) for s in input_size)
     if len(input_size) != 3:
-        raise ValueError(f"input_size must be (C, H, W), got {input_size}")
-    if not isinstance(model.normalize, Normalize):
+        raise UsageError(f"input_size must be (C, H, W), got {input_size}")
+    if not callable(getattr(model.normalize, "lipschitz_constant", None)):
         raise NotImplementedError(f"lipschitz_upper_bound knows no bound for the normalisation "
-                                  f"{type(model.normalize).__name__}")
+                                  f"{type(model.normalize).__name__}: it has no lipschitz_constant() method")
     modes = {m: m.training for m in model.modules()}
     model.eval()  # the shape pass must not touch BatchNorm statistics, and the bound is of eval mode
     try:
         with torch.no_grad():
-            normalize = 1.0 / float(model.normalize.std.min())
+            normalize = float(model.normalize.lipschitz_constant())
             backbone, features = _graph_bound(model.backbone, input_size)
             neck, _ = _graph_bound(model.neck, features[1:])
     finally:

@@ -1,18 +1,21 @@
-"""ProtoModel: normalise → timm backbone → optional linear neck → head, and its factories."""
+"""ProtoModel: normalise → timm backbone → optional linear neck → head, and :func:`wrap`, which builds one.
+
+The plugin factories it uses (:func:`robustproto.registry.create_backbone`, ``create_head``) live in the
+registry module, below this one.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import timm
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .head import Head
-from .registry import PluginError, backbone_registry, head_registry, load_backbones, regularizer_registry
-from .regularizer import Regularizer
+from .registry import create_backbone, create_head, head_registry
 
-__all__ = ["Normalize", "ProtoModel", "wrap", "create_backbone", "create_head", "create_regularizer"]
+__all__ = ["Normalize", "ProtoModel", "wrap"]
 
 
 class Normalize(nn.Module):
@@ -21,21 +24,28 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         if len(mean) != len(std):
-            raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
+            raise UsageError(f"mean has {len(mean)} channels but std has {len(std)}")
         if any(s <= 0 for s in std):
-            raise ValueError(f"std must be positive, got {list(std)}")
+            raise UsageError(f"std must be positive, got {list(std)}")
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x − mean) / std`` per channel; a wrong channel count is a clear error."""
         if x.ndim != 4 or x.shape[1] != self.mean.shape[1]:
-            raise ValueError(
+            raise UsageError(
                 f"expected images of shape (B, {self.mean.shape[1]}, H, W) in [0, 1], got {tuple(x.shape)}; "
                 "pass in_chans= to match the data"
             )
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
+    def lipschitz_constant(self) -> float:
+        """The Lipschitz constant of this map in the L2 norm, ``1 / min std``: what
+        :func:`robustproto.lipschitz_upper_bound` takes for the normalisation."""
+        return 1.0 / float(self.std.min())
+
     def extra_repr(self) -> str:
+        """The statistics, for ``print(model)``."""
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
@@ -76,44 +86,10 @@ class ProtoModel(nn.Module):
         return self.head(self.embed(x))
 
 
-def create_backbone(name: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, num_classes=0, **kwargs)`` after loading the backbone plugins."""
-    load_backbones()
-    if not timm.is_model(name):
-        broken = [info["error"] for info in backbone_registry.describe().values() if info["error"]]
-        hint = f"; backbone plugins that failed to load: {' | '.join(broken)}" if broken else ""
-        raise PluginError(
-            f"unknown backbone '{name}': not a timm model (see `timm.list_models()`), "
-            f"nor one registered by a robustproto.backbones plugin{hint}"
-        )
-    try:
-        return timm.create_model(name, num_classes=0, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"backbone '{name}' rejected its options {sorted(kwargs)}: {exc}") from exc
-
-
-def create_head(name: str, embed_dim: int, num_classes: int, **options: Any) -> Head:
-    """Instantiate the head plugin ``name``."""
-    cls = head_registry.get(name)
-    try:
-        return cls(embed_dim, num_classes, **options)
-    except TypeError as exc:
-        raise ValueError(f"head '{name}' rejected its options {sorted(options)}: {exc}") from exc
-
-
-def create_regularizer(name: str, **options: Any) -> Regularizer:
-    """Instantiate the regularizer plugin ``name``."""
-    cls = regularizer_registry.get(name)
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise ValueError(f"regularizer '{name}' rejected its options {sorted(options)}: {exc}") from exc
-
-
 def _feature_dim(backbone: nn.Module) -> int:
     dim = getattr(backbone, "head_hidden_size", None) or getattr(backbone, "num_features", None)
     if not dim:
-        raise ValueError(
+        raise UsageError(
             f"cannot tell the feature size of {type(backbone).__name__}: a timm model has `num_features`; "
             "set embed_dim and make sure the backbone returns (B, features)"
         )
@@ -172,7 +148,7 @@ def wrap(
         net = create_backbone(backbone, **backbone_kwargs)
     elif isinstance(backbone, nn.Module):
         if backbone_kwargs:
-            raise ValueError(
+            raise UsageError(
                 f"backbone options {sorted(backbone_kwargs)} only apply to a timm model name; "
                 "build the module with them instead"
             )

@@ -3,15 +3,63 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .model import ProtoModel
+__all__ = ["RegularizedModel", "Regularizer", "StepContext"]
 
-__all__ = ["Regularizer", "StepContext"]
+
+@runtime_checkable
+class RegularizedModel(Protocol):
+    """What a regularizer may use of the model it is given (``attach(model)``, ``ctx.model``).
+
+    A :class:`robustproto.ProtoModel` is one: images in [0, 1] go through ``normalize``, then
+    ``backbone`` (a timm model giving pooled features), then ``neck`` (``nn.Linear`` or
+    ``nn.Identity``) to the embeddings ``embed(x)``, which ``head`` (a :class:`robustproto.Head`)
+    turns into class scores. It is an ``nn.Module``: a regularizer may walk its modules (e.g. to
+    hook BatchNorm layers or find the convolutions to penalise) and read its parameters. It should
+    not replace modules or call ``forward``/``embed`` on the training batch (the core has embedded
+    the batch already, ``ctx.z``; embed more images through ``extra_inputs``).
+    """
+
+    normalize: nn.Module
+    backbone: nn.Module
+    neck: nn.Module
+    head: nn.Module
+    training: bool
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(B, embed_dim)`` of images in [0, 1]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(B, num_classes)`` of images in [0, 1]."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def modules(self) -> Iterator[nn.Module]:
+        """Every submodule, as ``nn.Module.modules``."""
+
+    def named_modules(self, memo: set[nn.Module] | None = None, prefix: str = "",
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Module]]:
+        """As ``nn.Module.named_modules``."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """As ``nn.Module.parameters``."""
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Parameter]]:
+        """As ``nn.Module.named_parameters``."""
+
+    def buffers(self, recurse: bool = True) -> Iterator[torch.Tensor]:
+        """As ``nn.Module.buffers``."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +74,8 @@ class StepContext:
         scores: the head's class scores ``(B, K)``.
         extra_z: embeddings of the regularizer's ``extra_inputs(x)``, computed in the
             same backbone call as ``z``, or ``None``.
-        model: the :class:`~robustproto.ProtoModel` (unwrapped from DDP).
+        model: the :class:`~robustproto.ProtoModel` (unwrapped from DDP), seen through
+            :class:`RegularizedModel`.
         step: the global optimiser step.
     """
 
@@ -35,7 +84,7 @@ class StepContext:
     z: torch.Tensor
     scores: torch.Tensor
     extra_z: torch.Tensor | None
-    model: "ProtoModel"
+    model: RegularizedModel
     step: int
 
 
@@ -52,8 +101,10 @@ class Regularizer(nn.Module):
 
     - ``__init__(self, **options)``: reject unknown options with a ``TypeError``.
     - ``penalty(ctx: StepContext) -> scalar tensor``: added to the head's loss.
-      Already weighted: the core adds it as is.
-    - ``needs_input_grad`` (class attribute, default ``False``): when ``True`` the
+      Already weighted: the core adds it as is. A plugin class that does not implement it
+      is refused when it loads.
+    - ``needs_input_grad: bool`` (class attribute, default ``False``; a plugin whose
+      value is not a bool is refused when it loads): when ``True`` the
       core makes ``ctx.x`` require grad before the forward pass, so ``penalty`` may
       call ``torch.autograd.grad(..., ctx.x, create_graph=True)``.
     - ``extra_inputs(x) -> tensor | None`` (optional): more images to embed in the
@@ -76,13 +127,16 @@ class Regularizer(nn.Module):
             raise TypeError(f"{type(self).__name__} got unknown options: {', '.join(sorted(options))}")
 
     def penalty(self, ctx: StepContext) -> torch.Tensor:  # pragma: no cover - abstract
+        """The weighted penalty of one step (a scalar tensor), added to the head's loss as is."""
         raise NotImplementedError(f"{type(self).__name__} must implement penalty(ctx)")
 
     def extra_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """More images to embed in the same backbone call as ``x`` (their embeddings arrive as ``ctx.extra_z``); the default: none."""
         return None
 
-    def attach(self, model: "ProtoModel") -> None:
+    def attach(self, model: RegularizedModel) -> None:
         """Called once before ``accelerator.prepare``; the default does nothing."""
 
     def metrics(self) -> dict[str, float]:
+        """Numbers logged per epoch as ``reg/<name>/<key>``; the default: none."""
         return {}

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
+
+import robustproto
+from robustproto.registry import head_registry, regularizer_registry
 
 
 @pytest.fixture(autouse=True)
@@ -20,9 +26,28 @@ def mnist_like():
     return x, y
 
 
+@pytest.fixture
+def register():
+    """``register(kind, name, cls)``: ``robustproto.register_head`` (kind ``"head"``) or ``register_regularizer``
+    (``"regularizer"``) for this test only. The way to add a plugin to a test that runs in this process."""
+    functions = {"head": robustproto.register_head, "regularizer": robustproto.register_regularizer}
+    registries = {"head": head_registry, "regularizer": regularizer_registry}
+    done: list[tuple[str, str]] = []
+
+    def add(kind: str, name: str, cls: type) -> type:
+        functions[kind](name, cls)
+        done.append((kind, name))
+        return cls
+
+    yield add
+    for kind, name in reversed(done):
+        registries[kind].unregister(name)
+
+
 # A third-party plugin distribution for the training tests: a tiny head with observable hooks and a
-# probe regularizer. It is installed the way pip would (a dist-info folder on sys.path), so
-# subprocesses (torchrun) find it through PYTHONPATH too.
+# probe regularizer. It is installed the way pip would (a dist-info folder on sys.path), not registered
+# in-process, because subprocesses (torchrun, a second interpreter loading a checkpoint) must find it
+# through PYTHONPATH too, and checkpoints record its distribution as the plugins' source.
 TESTKIT = '''
 import os
 import signal
@@ -98,11 +123,6 @@ class ProbeReg(robustproto.Regularizer):
 @pytest.fixture(scope="session")
 def testkit(tmp_path_factory):
     """Installs the ``robustproto-testkit`` distribution (head ``tiny``, regularizer ``probe``); yields its folder."""
-    import os
-    import sys
-
-    import robustproto
-
     root = tmp_path_factory.mktemp("testkit")
     (root / "rp_testkit.py").write_text(TESTKIT)
     info = root / "robustproto_testkit-0.1.dist-info"

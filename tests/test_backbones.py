@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import robustproto
+from robustproto.errors import UsageError
 
 MNIST = ((0.1307,), (0.3081,))
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -48,7 +49,7 @@ def test_timm_interface(name):
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_no_pretrained_weights_is_a_clear_error(name):
-    with pytest.raises(ValueError, match="no pretrained weights"):
+    with pytest.raises(UsageError, match="no pretrained weights"):
         timm.create_model(name, pretrained=True)  # ok-offline: these backbones have no weights to fetch
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import robustproto
+from robustproto.errors import UsageError
 from robustproto.registry import head_registry
 from robustproto_plugins.heads.repulsive import repulsive_prototypes
 
@@ -103,7 +104,7 @@ def test_float32_distances_under_bf16_autocast(name, batch):
 def test_unknown_option_is_named(name):
     with pytest.raises(TypeError, match="bogus"):
         head_registry.get(name)(DIM, CLASSES, bogus=1)
-    with pytest.raises(ValueError, match="bogus"):  # through the factory: which head and which option
+    with pytest.raises(UsageError, match=rf"head '{name}' rejected its options \['bogus'\]"):  # which head, which option
         robustproto.create_head(name, DIM, CLASSES, bogus=1)
 
 
@@ -113,7 +114,7 @@ def test_unknown_option_is_named(name):
     ("repulsive", {"output_dim": 5}),
 ])
 def test_bad_option_values_raise(name, options):
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         make(name, **options)
 
 

@@ -1,4 +1,4 @@
-"""robustproto.lipschitz: layer operators for power iteration, the conv norm bound, lipschitz_upper_bound."""
+"""robustproto.operators and robustproto.lipschitz: layer operators for power iteration, the conv norm bound, lipschitz_upper_bound."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 import robustproto
 from robustproto import Normalize, ProtoModel, create_head, lipschitz_upper_bound
-from robustproto.lipschitz import LayerOperator, conv2d_norm_bound, power_iteration_step, rayleigh_sigma
+from robustproto.operators import LayerOperator, conv2d_norm_bound, power_iteration_step, rayleigh_sigma
 
 CONVS = {  # (layer, input size): a plain conv, a strided one, a dilated grouped one
     "plain": (lambda: nn.Conv2d(2, 3, 3, padding=1), (5, 5)),
@@ -346,3 +346,17 @@ def test_bound_leaves_the_model_as_it_was():
     lipschitz_upper_bound(model, (3, 32, 32))
     assert model.training and model.backbone.convs[1].training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_normalisation_gives_its_own_constant_and_an_unknown_one_is_refused():
+    model = robustproto.wrap("flatten", head="linear", num_classes=2, std=[0.25], img_size=4)
+    assert model.normalize.lipschitz_constant() == 4.0
+    assert lipschitz_upper_bound(model, (1, 4, 4)) == pytest.approx(4.0, rel=1e-5)  # flatten: the identity
+
+    class Standardize(nn.Module):  # a normalisation that states no constant
+        def forward(self, x):
+            return (x - x.mean()) / x.std()
+
+    model.normalize = Standardize()
+    with pytest.raises(NotImplementedError, match="no bound for the normalisation Standardize"):
+        lipschitz_upper_bound(model, (1, 4, 4))

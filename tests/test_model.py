@@ -7,6 +7,7 @@ import timm
 import torch
 
 import robustproto
+from robustproto.errors import UsageError
 
 HEADS = ["linear", "glvq", "gmlvq", "gtlvq", "repulsive"]
 # backbone: (timm kwargs, input shape) — small inputs keep the 35 combinations fast on a CPU
@@ -61,5 +62,5 @@ def test_normalisation_comes_from_the_backbone():
 
 def test_wrong_channel_count_is_a_clear_error():
     model = robustproto.wrap("kp_cnn_mnist", head="glvq", num_classes=10)
-    with pytest.raises(ValueError, match=r"\(B, 1, H, W\).*in_chans"):
+    with pytest.raises(UsageError, match=r"\(B, 1, H, W\).*in_chans"):
         model(torch.rand(2, 3, 28, 28))

@@ -14,7 +14,8 @@ from torch import nn
 import robustproto
 from robustproto import Normalize, ProtoModel, Regularizer, StepContext, create_head, create_regularizer
 from robustproto.checkpoint import read_jsonl
-from robustproto.train import _TrainStep
+from robustproto.errors import UsageError
+from robustproto.training import TrainStep
 from test_lipschitz import dense_conv_matrix, spectral_norm
 
 NAMES = ("lipschitz", "cross-lipschitz", "spectral-norm")
@@ -25,7 +26,7 @@ def step_context(model, reg, x, y, step=0):
     if reg.needs_input_grad:
         x = x.clone().requires_grad_(True)
     extra = reg.extra_inputs(x)
-    z, scores, extra_z = _TrainStep(model)(x, [extra] if extra is not None else [])
+    z, scores, extra_z = TrainStep(model)(x, [extra] if extra is not None else [])
     return StepContext(x=x, y=y, z=z, scores=scores, extra_z=extra_z[0] if extra_z else None, model=model, step=step)
 
 
@@ -51,7 +52,7 @@ def proto(backbone, features, channels=1):
 @pytest.mark.parametrize("name", NAMES)
 def test_registered_and_reject_unknown_options_by_name(name):
     assert isinstance(create_regularizer(name), Regularizer)
-    with pytest.raises(ValueError, match="bogus_option"):
+    with pytest.raises(UsageError, match=rf"regularizer '{name}' rejected its options \['bogus_option'\]"):
         create_regularizer(name, bogus_option=1)
 
 
@@ -62,7 +63,7 @@ def test_registered_and_reject_unknown_options_by_name(name):
     ("spectral-norm", {"weight": -1}, "weight"),
 ])
 def test_bad_option_values_are_rejected_naming_the_option(name, options, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(UsageError, match=words):
         create_regularizer(name, **options)
 
 
@@ -231,7 +232,7 @@ import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 import robustproto
 from robustproto import StepContext, create_regularizer
-from robustproto.train import _TrainStep
+from robustproto.training import TrainStep
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
@@ -256,11 +257,11 @@ def gradients(module, net, mode, rows):
     return torch.cat([p.grad.flatten() for p in net.parameters()])
 
 
-ddp = DistributedDataParallel(_TrainStep(model))
+ddp = DistributedDataParallel(TrainStep(model))
 half = len(x) // world
 for mode in ("exact", "estimate"):
     together = gradients(ddp, model, mode, slice(rank * half, (rank + 1) * half))
-    alone = gradients(_TrainStep(single), single, mode, slice(None))
+    alone = gradients(TrainStep(single), single, mode, slice(None))
     error = float((together - alone).abs().max() / alone.abs().max())
     print(f"rank {rank} {mode} relative error {error:.2e}", flush=True)
     if not error < 1e-5:

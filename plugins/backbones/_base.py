@@ -8,6 +8,8 @@ import torch
 from timm.models import build_model_with_cfg
 from torch import nn
 
+from robustproto.errors import UsageError
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 MNIST_MEAN = (0.1307,)
@@ -25,7 +27,7 @@ def cfg(input_size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[fl
 def build(model_cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     """``timm.models.build_model_with_cfg`` for a model that has no pretrained weights."""
     if pretrained:
-        raise ValueError(f"'{variant}' has no pretrained weights: create it with pretrained=False "
+        raise UsageError(f"'{variant}' has no pretrained weights: create it with pretrained=False "
                          "(train it, or load your own checkpoint)")
     return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
 

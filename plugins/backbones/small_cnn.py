@@ -9,6 +9,8 @@ from timm.layers import to_2tuple
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from robustproto.errors import UsageError
+
 from ._base import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, FeatureVectorNet, build, cfg
 
 
@@ -42,7 +44,7 @@ class KPCNN(FeatureVectorNet):
         self.convs = nn.Sequential(*layers)
         height, width_px = (s // 2 ** len(widths) for s in to_2tuple(img_size))
         if height < 1 or width_px < 1:
-            raise ValueError(f"img_size={img_size} is too small for {len(widths)} 2×2 max-pools")
+            raise UsageError(f"img_size={img_size} is too small for {len(widths)} 2×2 max-pools")
         self.drop = nn.Dropout(drop_rate)
         self.embed = nn.Linear(channels * height * width_px, feature_dim)
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from robustproto import Head, squared_euclidean
+from robustproto.errors import UsageError
 
 from ._geometry import kmeans, nearest_prototype_margin
 
@@ -45,13 +46,13 @@ class GLVQ(Head):
                  activation: str = "identity", beta: float = 1.0):
         super().__init__(embed_dim, num_classes)
         if num_classes < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 classes, got num_classes={num_classes}")
+            raise UsageError(f"{type(self).__name__} needs at least 2 classes, got num_classes={num_classes}")
         if int(prototypes_per_class) < 1:
-            raise ValueError(f"prototypes_per_class must be at least 1, got {prototypes_per_class}")
+            raise UsageError(f"prototypes_per_class must be at least 1, got {prototypes_per_class}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+            raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if beta <= 0:
-            raise ValueError(f"beta must be positive, got {beta}")
+            raise UsageError(f"beta must be positive, got {beta}")
         self.prototypes_per_class = int(prototypes_per_class)
         self.activation = activation
         self.beta = float(beta)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from robustproto import squared_euclidean, working_dtype
+from robustproto.errors import UsageError
 
 from .glvq import GLVQ
 
@@ -32,7 +33,7 @@ class GMLVQ(GLVQ):
         super().__init__(embed_dim, num_classes, **glvq_options)
         rank = embed_dim if rank is None else int(rank)
         if rank < 1:
-            raise ValueError(f"rank must be at least 1, got {rank}")
+            raise UsageError(f"rank must be at least 1, got {rank}")
         self.rank = rank
         self.omega = nn.Parameter(torch.eye(rank, embed_dim) / math.sqrt(min(rank, embed_dim)))
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from robustproto import squared_euclidean
+from robustproto.errors import UsageError
 
 from ._geometry import orthonormal_basis
 from .glvq import GLVQ, INIT_SEED
@@ -40,7 +41,7 @@ class GTLVQ(GLVQ):
     def __init__(self, embed_dim: int, num_classes: int, *, subspace_dim: int = 12, **glvq_options):
         super().__init__(embed_dim, num_classes, **glvq_options)
         if int(subspace_dim) < 1 or embed_dim < 2:
-            raise ValueError(f"GTLVQ needs subspace_dim >= 1 and embed_dim >= 2, got {subspace_dim} and {embed_dim}")
+            raise UsageError(f"GTLVQ needs subspace_dim >= 1 and embed_dim >= 2, got {subspace_dim} and {embed_dim}")
         self.subspace_dim = min(int(subspace_dim), embed_dim - 1)
         random = torch.randn(len(self.prototypes), embed_dim, self.subspace_dim)
         self.tangents = nn.Parameter(torch.linalg.qr(random).Q)

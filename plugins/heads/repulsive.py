@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from robustproto import Head, squared_euclidean, working_dtype
+from robustproto.errors import UsageError
 
 from ._geometry import linear_margin, nearest_prototype_margin
 
@@ -27,7 +28,7 @@ def repulsive_prototypes(num_classes: int, dim: int, metric: str = "l2", steps: 
     ``steps=0`` returns the random start.
     """
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise UsageError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     generator = torch.Generator().manual_seed(int(seed))
     if metric == "l2":
         centres = _onto_bounded_set(torch.randn(num_classes, dim, generator=generator), metric)
@@ -83,11 +84,11 @@ class RepulsivePrototypes(Head):
                  output_dim: int | None = None, seed: int = 0, steps: int = 100, lr: float = 0.01):
         super().__init__(embed_dim, num_classes)
         if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+            raise UsageError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         if output_dim is not None and int(output_dim) != embed_dim:
-            raise ValueError(f"output_dim={output_dim} differs from embed_dim={embed_dim}; give only one of them")
+            raise UsageError(f"output_dim={output_dim} differs from embed_dim={embed_dim}; give only one of them")
         if int(steps) < 0 or lr <= 0:
-            raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
+            raise UsageError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
         self.loss_kind = loss
         self.metric = metric
         # the L∞ nearest-prototype boundary is not a hyperplane: no certified margin in that configuration

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from robustproto import Regularizer, StepContext
+from robustproto.errors import UsageError
 
 MODES = ("estimate", "exact")
 
@@ -62,11 +63,11 @@ class CrossLipschitz(Regularizer):
     def __init__(self, weight: float = 0.01, mode: str = "estimate", samples: int = 1):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"cross-lipschitz: mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise UsageError(f"cross-lipschitz: mode must be one of {', '.join(MODES)}, got {mode!r}")
         if weight < 0:
-            raise ValueError(f"cross-lipschitz: weight must be >= 0, got {weight}")
+            raise UsageError(f"cross-lipschitz: weight must be >= 0, got {weight}")
         if int(samples) != samples or samples < 1:
-            raise ValueError(f"cross-lipschitz: samples must be a positive integer, got {samples!r}")
+            raise UsageError(f"cross-lipschitz: samples must be a positive integer, got {samples!r}")
         self.weight, self.mode, self.samples = float(weight), mode, int(samples)
 
     def penalty(self, ctx: StepContext) -> torch.Tensor:

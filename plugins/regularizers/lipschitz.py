@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustproto import ProtoModel, Regularizer, StepContext
+from robustproto import RegularizedModel, Regularizer, StepContext
+from robustproto.errors import UsageError
 
 BN_STATS = ("clean", "joint")
 PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -56,15 +57,15 @@ class GaussianNeighbourLipschitz(Regularizer):
                  fraction: float = 1.0, bn_stats: str = "clean"):
         super().__init__()
         if bn_stats not in BN_STATS:
-            raise ValueError(f"lipschitz: bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
+            raise UsageError(f"lipschitz: bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
         if weight < 0 or L < 0:
-            raise ValueError(f"lipschitz: weight and L must be >= 0, got weight={weight}, L={L}")
+            raise UsageError(f"lipschitz: weight and L must be >= 0, got weight={weight}, L={L}")
         if sigma <= 0:
-            raise ValueError(f"lipschitz: sigma must be > 0, got {sigma}")
+            raise UsageError(f"lipschitz: sigma must be > 0, got {sigma}")
         if not 0 < fraction <= 1:
-            raise ValueError(f"lipschitz: fraction must be in (0, 1], got {fraction}")
+            raise UsageError(f"lipschitz: fraction must be in (0, 1], got {fraction}")
         if not isinstance(squared, bool):
-            raise ValueError(f"lipschitz: squared must be true or false, got {squared!r}")
+            raise UsageError(f"lipschitz: squared must be true or false, got {squared!r}")
         self.weight, self.L, self.sigma, self.squared, self.fraction = float(weight), float(L), float(sigma), \
             squared, float(fraction)
         self.bn_stats = bn_stats
@@ -73,7 +74,7 @@ class GaussianNeighbourLipschitz(Regularizer):
         self._saved_stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         self._violations = self._pairs = 0
 
-    def attach(self, model: ProtoModel) -> None:
+    def attach(self, model: RegularizedModel) -> None:
         if self.bn_stats == "joint":
             return
         for name, module in model.named_modules():

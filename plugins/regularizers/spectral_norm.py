@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustproto import ProtoModel, Regularizer, StepContext
-from robustproto.lipschitz import MODES, LayerOperator, power_iteration_step, rayleigh_sigma
+from robustproto import RegularizedModel, Regularizer, StepContext
+from robustproto.errors import UsageError
+from robustproto.operators import MODES, LayerOperator, power_iteration_step, rayleigh_sigma
 
 
 class SpectralNormPenalty(Regularizer):
@@ -39,20 +40,20 @@ class SpectralNormPenalty(Regularizer):
     def __init__(self, weight: float = 0.01, mode: str = "reshape"):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"spectral-norm: mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise UsageError(f"spectral-norm: mode must be one of {', '.join(MODES)}, got {mode!r}")
         if weight < 0:
-            raise ValueError(f"spectral-norm: weight must be >= 0, got {weight}")
+            raise UsageError(f"spectral-norm: weight must be >= 0, got {weight}")
         self.weight, self.mode = float(weight), mode
         self._layers: list[tuple[str, nn.Module]] = []
         self._input_hw: dict[int, tuple[int, int]] = {}  # per layer, from the latest forward
         self._operators: dict[int, LayerOperator] = {}
         self._sigmas: list[float] = []
 
-    def attach(self, model: ProtoModel) -> None:
+    def attach(self, model: RegularizedModel) -> None:
         named = [*model.backbone.named_modules(prefix="backbone"), *model.neck.named_modules(prefix="neck")]
         self._layers = [(name, m) for name, m in named if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
         if not self._layers:
-            raise ValueError("spectral-norm: the embedding has no linear or convolutional layer to regularize")
+            raise UsageError("spectral-norm: the embedding has no linear or convolutional layer to regularize")
         for i, (name, module) in enumerate(self._layers):
             problem = LayerOperator.unsupported(module, self.mode)
             if problem:
