@@ -157,7 +157,7 @@ def plan_experiment(path: Path, scale: str, data_dir: Path, runs: Path):
                        skipped=f"{recipe.dataset} is not in --data-dir (no network to download it)")
     changes = dict(SMALL[family(name)]["train"]) if scale == "small" else {}
     cfg = recipe.replace(**data, **changes, output=str(runs / name))
-    table = json.loads(json.dumps(dict(recipe.eval)))  # a deep copy
+    table = recipe.to_dict()["eval"]  # a plain, deep copy
     if scale == "small":
         for dotted, value in SMALL[family(name)]["eval"].items():
             *parents, key = dotted.split(".")
@@ -188,11 +188,11 @@ def run_experiment(path: Path, scale: str, data_dir: Path, runs: Path) -> Outcom
 def evaluate_run(cfg: robustproto.TrainConfig, table: dict[str, Any]) -> tuple[dict, dict | None]:
     """A recipe's ``[eval]`` table run through the Python API, as ``robustproto eval``/``certify --config`` run it:
     (eval report, certificate or None)."""
-    from robustproto.config import EvalSettings
+    from robustproto.config import CertifyConfig, EvalConfig
     from robustproto.show import run_data
 
     model = robustproto.load(cfg.output)
-    settings = EvalSettings.resolve(table)
+    settings = EvalConfig.resolve(table)
     data = run_data(cfg.output, "test", max_samples=settings.n_samples)
     report = robustproto.evaluate(model, data, attacks=dict(settings.attacks), eps=dict(settings.eps),
                                   batch_size=settings.batch_size, attack_options=settings.attack_options,
@@ -201,9 +201,9 @@ def evaluate_run(cfg: robustproto.TrainConfig, table: dict[str, Any]) -> tuple[d
                                   log=lambda line: print("  " + line, flush=True))
     certificate = None
     if "certify" in table:
-        spec = table["certify"]
-        data = run_data(cfg.output, "test", max_samples=spec.get("n_samples"))
-        certificate = robustproto.certify(model, data, norm=spec.get("norm", "L2"),
+        spec = CertifyConfig.resolve(table["certify"])
+        data = run_data(cfg.output, "test", max_samples=spec.n_samples)
+        certificate = robustproto.certify(model, data, norm=spec.norm, radii=spec.radii, batch_size=spec.batch_size,
                                           model_name=Path(cfg.output).name, dataset_name=data.name)
         certificate.pop("radii_global", None)  # keep the JSON small: the reported radii are enough
         certificate.pop("radii_local", None)
@@ -438,12 +438,12 @@ def _portable(obj: Any, data_dir: Path) -> Any:
 def _without_per_sample_distances(record: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     """The outcome for the JSON file: per-sample distances dropped (the medians and means stay), ∞ as "inf",
     paths relative to the repository."""
-    from robustproto.evaluate import _jsonable
+    from robustproto.evaluation import to_jsonable
 
     record = dict(record)
     if record.get("report"):
         record["report"] = {k: v for k, v in record["report"].items() if k != "distances"}
-    return _portable(_jsonable(record), data_dir)
+    return _portable(to_jsonable(record), data_dir)
 
 
 def write_results(outcomes_list: list[Outcome], args) -> Path:

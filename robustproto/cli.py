@@ -1,22 +1,38 @@
 """The ``robustproto`` command line (typer).
 
-Every command turns its options into plain values and calls the Python API; no
-module below the CLI reads ``sys.argv``. Expected failures (bad input, a missing
-plugin or file) end with one line on stderr that says what to do, and exit code 2.
+Every command turns its options into plain values and calls the Python API; no module below the CLI reads
+``sys.argv``. The options of ``train``, ``eval`` and ``certify`` are generated from the fields of
+:class:`~robustproto.config.TrainConfig`, :class:`~robustproto.config.EvalConfig` and
+:class:`~robustproto.config.CertifyConfig` (name, type, help, default), and a ``--config`` recipe is resolved by
+:func:`~robustproto.config.load_recipe` alone: flags given override the recipe, which overrides the defaults.
+
+A :class:`~robustproto.errors.RobustProtoError` (bad input, a missing plugin or file) ends with one line on
+stderr, ``error: ...``, and exit code 2 (``--debug`` or ``ROBUSTPROTO_DEBUG=1`` print its traceback first);
+any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import sys
+import traceback
+import types
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .registry import PluginError
+import robustproto
+
+from .config import CertifyConfig, EvalConfig, Recipe, TrainConfig, key_of, load_recipe
+from .errors import MissingFileError, RobustProtoError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -24,26 +40,90 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Robust prototype heads and Lipschitz training for timm models.",
 )
+_state = {"debug": False}
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line, never as a traceback."""
+@app.callback()
+def _app_options(debug: bool = typer.Option(False, "--debug", envvar="ROBUSTPROTO_DEBUG",
+                                            help="Print the traceback of an error too.")) -> None:
+    _state["debug"] = debug
 
 
+# ------------------------------------------------------------------ options generated from the config schema
+def _flag_type(f: dataclasses.Field, hint: Any) -> Any:
+    """The type of a field's flag: its own for bool/int/float/str (also ``X | None``), a comma list (``str``)
+    for a tuple of numbers, a repeatable ``list[str]`` for options, tables and lists of names."""
+    if f.metadata.get("cli") not in (None, True):
+        return f.metadata["cli"]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint in (bool, int, float, str):
+        return hint
+    return str if hint == tuple[float, ...] else list[str]
+
+
+def _flag_default(f: dataclasses.Field, flag_type: Any) -> tuple[Any, Any]:
+    """``(default, show_default)`` of a field's flag, written as the flag takes it."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if default is None:
+        return None, f.metadata.get("none", False)
+    if flag_type is list[str] or (isinstance(default, (Mapping, tuple)) and not default):
+        return None, False
+    if isinstance(default, Mapping):
+        return ",".join(f"{k}={v:g}" for k, v in default.items()), True
+    if isinstance(default, tuple):
+        return ",".join(f"{v:g}" for v in default), True
+    return default, True
+
+
+def _schema_options(schema: type) -> list[inspect.Parameter]:
+    """One keyword parameter with a ``typer.Option`` per field of ``schema`` (``--kebab-case`` of its key)."""
+    hints = typing.get_type_hints(schema)
+    params = []
+    for f in dataclasses.fields(schema):
+        if f.metadata.get("cli") is False:
+            continue
+        name, flag_type = key_of(f), _flag_type(f, hints[f.name])
+        flag = "--" + name.replace("_", "-")
+        default, shown = _flag_default(f, flag_type)
+        decls = [f"{flag}/--no-{flag[2:]}"] if flag_type is bool else [flag]
+        option = typer.Option(default, *decls, help=f.metadata["help"], show_default=shown)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=flag_type, default=option))
+    return params
+
+
+def _with_schema(schema: type, after: str) -> Callable[[Callable], Callable]:
+    """Give a command ``def f(<own options>, **flags)`` the options of ``schema`` after its option ``after``
+    (typer reads the ``__signature__``); ``flags`` then holds the schema's flags the user gave."""
+    def decorate(command: Callable) -> Callable:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(command).parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        at = [p.name for p in own].index(after) + 1
+        command.__signature__ = inspect.Signature(own[:at] + _schema_options(schema) + own[at:])
+        return command
+    return decorate
+
+
+def _given(ctx: typer.Context, flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags given on the command line: not those left at their (shown) defaults."""
+    return {k: v for k, v in flags.items() if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"}
+
+
+def _recipe(config: str | None) -> Recipe:
+    return load_recipe(config) if config else Recipe()
+
+
+# ------------------------------------------------------------------ commands
 @app.command()
 def version() -> None:
     """Print the package version."""
-    from . import __version__
-
-    typer.echo(__version__)
+    typer.echo(robustproto.__version__)
 
 
 @app.command()
 def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the installed heads, regularizers and backbone modules, with load errors."""
-    from .registry import list_plugins
-
-    found = list_plugins()
+    found = robustproto.list_plugins()
     if as_json:
         typer.echo(json.dumps(found, indent=2, sort_keys=True))
         return
@@ -57,103 +137,68 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
     Console().print(table)
 
 
-# Commands of later modules register themselves here, one line each.
-
-
-def _eval_table(config: str | None) -> tuple[dict, dict]:
-    """The recipe's ``[eval]`` table and the recipe itself (``{}`` without ``--config``)."""
-    if not config:
-        return {}, {}
-    from .config import load_recipe
-
-    recipe = load_recipe(config)
-    table = recipe.get("eval", {})
-    if not isinstance(table, dict):
-        raise UserError(f"{config}: [eval] must be a table")
-    return table, recipe
-
-
 def _writable(path: str, option: str, folder: bool = False) -> None:
-    """Raise :class:`UserError` naming ``option`` when ``path`` (a file to write, or with ``folder`` a folder to
-    create or reuse) cannot be written, so a command fails before its work rather than after it: the nearest
-    existing path on the way must be a folder this process may write to. Creates nothing."""
+    """Raise a UsageError naming ``option`` when ``path`` (a file to write, or with ``folder`` a folder to create or
+    reuse) cannot be written, so a command fails before its work rather than after it: the nearest existing path
+    on the way must be a folder this process may write to. Creates nothing."""
     target = Path(path)
     flag = "--" + option.replace("_", "-")
     if folder and target.is_file():
-        raise UserError(f"{option}: {target} is a file; pass {flag} a new or existing folder")
+        raise UsageError(f"{option}: {target} is a file; pass {flag} a new or existing folder")
     if not folder and target.is_dir():
-        raise UserError(f"{option}: {target} is a folder; pass {flag} a file name")
+        raise UsageError(f"{option}: {target} is a folder; pass {flag} a file name")
     existing = target if folder else target.parent
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"{option}: cannot create {target}: {existing} is a file, not a folder; "
-                        f"pass {flag} a path under a folder")
+        raise UsageError(f"{option}: cannot create {target}: {existing} is a file, not a folder; "
+                         f"pass {flag} a path under a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{option}: cannot write to {existing} (permission denied); pass {flag} a path in a folder "
-                        "you can write to")
+        raise UsageError(f"{option}: cannot write to {existing} (permission denied); pass {flag} a path in a folder "
+                         "you can write to")
 
 
-def _check_n_samples(value: object) -> None:
-    """``n_samples`` (from the command line or a recipe) is ``None`` or a positive integer."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise UserError(f"n_samples: must be a positive integer, got {value!r}; pass --n-samples N ≥ 1, or leave "
-                        "it out to use every test point")
+def _run_folder(model: str | None, recipe: Recipe) -> str:
+    if model or recipe.output:
+        return model or recipe.output
+    raise UsageError("model: pass --model OUT (the run folder of `robustproto train`), or a --config recipe with an "
+                     "output")
 
 
-def _run_folder(model: str | None, recipe: dict) -> str:
-    if model:
-        return model
-    if recipe.get("output"):
-        return str(recipe["output"])
-    raise UserError("pass --model OUT (the run folder of `robustproto train`), or a --config recipe with an output")
+MODEL_HELP = "Run folder of `robustproto train`; without it, the --config recipe's output."
+DATASET_HELP = "Test data; without it, the run's own."
+DATA_DIR_HELP = "Folder that holds it; without it, the run's own."
 
 
 @app.command("eval")
+@_with_schema(EvalConfig, after="data_dir")
 def eval_command(
-    model: str = typer.Option(None, "--model", help="Run folder of `robustproto train`. (default: the recipe's output)"),
+    ctx: typer.Context,
+    model: str = typer.Option(None, "--model", help=MODEL_HELP),
     config: str = typer.Option(None, "--config", help="Recipe TOML; its \\[eval] table gives the defaults below."),
-    dataset: str = typer.Option(None, help="Test data. (default: the run's own)"),
-    data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
-    attack: list[str] = typer.Option(None, "--attack", help="fgsm, fgm, bim, mim, pgd, pgd-l2, deepfool, cw, fab, "
-                                                            "square, autoattack, gaussian; pgd-20 sets steps, "
-                                                            "pgd@margin the loss (ce, margin, ce+margin; default: "
-                                                            "ce for a linear head, else ce+margin) (repeatable)."),
-    eps: list[str] = typer.Option(None, "--eps", help="Budgets in pixel units, e.g. 0,0.1,0.3 or 8/255."),
-    norm: str = typer.Option(None, help="Linf or L2. (default: Linf)"),
-    n_samples: int = typer.Option(None, help="Evaluate a fixed subset of N test points. (default: all)"),
-    batch_size: int = typer.Option(None, help="(default: 128)"),
-    attack_opt: list[str] = typer.Option(None, "--attack-opt", help="ATTACK:key=value,... e.g. square:n_queries=1000 "
-                                                                    "(repeatable)."),
-    threshold: str = typer.Option(None, help="Threshold accuracy, NORM=T,... (default: L2=1.5,Linf=0.3)."),
-    bisection_steps: int = typer.Option(None, help="Bisection steps on ε per point refining a fixed-budget attack's "
-                                                   "minimal distance (median-δ); each costs up to one more attack "
-                                                   "run. (default: 0, one run per ε)"),
+    dataset: str = typer.Option(None, help=DATASET_HELP),
+    data_dir: str = typer.Option(None, help=DATA_DIR_HELP),
     report: str = typer.Option("report.json", "--report", help="JSON report to write (∞ written as \"inf\")."),
     plot: str = typer.Option(None, "--plot", help="PNG of the robustness curves."),
     save_examples: str = typer.Option(None, "--save-examples", help="PNG grid of adversarial examples."),
+    **flags: Any,
 ) -> None:
     """Attack a trained model: robust accuracy over ε, median minimal distances, gradient-masking warnings."""
-    from .checkpoint import load
-    from .config import EvalSettings, parse_eps
-    from .evaluate import evaluate, write_report
     from .show import run_data
 
-    table, recipe = _eval_table(config)
-    settings = EvalSettings.resolve(table, attack=attack or None, eps=parse_eps(eps), norm=norm, n_samples=n_samples,
-                                    batch_size=batch_size, attack_opt=attack_opt or None, threshold=threshold,
-                                    bisection_steps=bisection_steps)
-    _check_n_samples(settings.n_samples)
+    recipe = _recipe(config)
+    settings = recipe.eval_config(**_given(ctx, flags))
     for path, option in ((report, "report"), (plot, "plot"), (save_examples, "save_examples")):
         if path:
             _writable(path, option)
     run = _run_folder(model, recipe)
     data = run_data(run, "test", dataset, data_dir, settings.n_samples)
-    result = evaluate(load(run), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
-                      batch_size=settings.batch_size, attack_options=settings.attack_options,
-                      thresholds=settings.thresholds, bisection_steps=settings.bisection_steps, model_name=run,
-                      dataset_name=data.name, plot=plot, save_examples=save_examples, log=typer.echo)
-    write_report(result, report)
+    result = robustproto.evaluate(
+        robustproto.load(run), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
+        batch_size=settings.batch_size, attack_options=settings.attack_options, thresholds=settings.thresholds,
+        bisection_steps=settings.bisection_steps, model_name=run, dataset_name=data.name, plot=plot,
+        save_examples=save_examples, log=typer.echo)
+    robustproto.write_report(result, report)
     typer.echo(f"clean accuracy {result['clean_accuracy']:.4f}; median distance {result['median_distance']}")
     for warning in result["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
@@ -161,102 +206,50 @@ def eval_command(
 
 
 @app.command("certify")
+@_with_schema(CertifyConfig, after="data_dir")
 def certify_command(
-    model: str = typer.Option(None, "--model", help="Run folder of `robustproto train`. (default: the recipe's output)"),
-    config: str = typer.Option(None, "--config", help="Recipe TOML; its \\[eval.certify] table gives the defaults."),
-    dataset: str = typer.Option(None, help="Test data. (default: the run's own)"),
-    data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
-    norm: str = typer.Option(None, help="L2 (the only norm certified). (default: L2)"),
-    n_samples: int = typer.Option(None, help="Certify a fixed subset of N test points. (default: all)"),
-    radii: str = typer.Option(None, help="Radii for the certified accuracy, e.g. 0.1,0.5,1. "
-                                         "(default: 0.1,0.25,0.5,1,1.5,2)"),
-    batch_size: int = typer.Option(256),
+    ctx: typer.Context,
+    model: str = typer.Option(None, "--model", help=MODEL_HELP),
+    config: str = typer.Option(None, "--config", help="Recipe TOML; its \\[eval.certify] table gives the defaults "
+                                                      "below."),
+    dataset: str = typer.Option(None, help=DATASET_HELP),
+    data_dir: str = typer.Option(None, help=DATA_DIR_HELP),
     report: str = typer.Option("cert.json", "--report", help="JSON report to write."),
+    **flags: Any,
 ) -> None:
     """Certified L2 radii: head margin / Lipschitz bound (and Hein & Andriushchenko's local bound for an mlp)."""
-    from .certify import DEFAULT_RADII, certify, certify_summary
-    from .checkpoint import load
-    from .config import parse_eps
-    from .evaluate import write_report
     from .show import run_data
 
-    table, recipe = _eval_table(config)
-    defaults = dict(table.get("certify", {}))
-    unknown = sorted(set(defaults) - {"norm", "n_samples", "radii"})
-    if unknown:
-        raise UserError(f"[eval.certify]: unknown key(s) {', '.join(unknown)} (known: norm, n_samples, radii)")
+    recipe = _recipe(config)
+    settings = recipe.certify_config(**_given(ctx, flags))
     run = _run_folder(model, recipe)
-    limit = n_samples if n_samples is not None else defaults.get("n_samples")
-    _check_n_samples(limit)
     _writable(report, "report")
-    data = run_data(run, "test", dataset, data_dir, limit)
-    result = certify(load(run), data, norm=norm or defaults.get("norm", "L2"),
-                     radii=parse_eps([radii], "--radii") if radii else defaults.get("radii", DEFAULT_RADII),
-                     batch_size=batch_size, model_name=run, dataset_name=data.name)
-    write_report(result, report)
-    typer.echo(certify_summary(result))
+    data = run_data(run, "test", dataset, data_dir, settings.n_samples)
+    result = robustproto.certify(robustproto.load(run), data, norm=settings.norm, radii=settings.radii,
+                                 batch_size=settings.batch_size, model_name=run, dataset_name=data.name)
+    robustproto.write_report(result, report)
+    typer.echo(robustproto.certify_summary(result))
     typer.echo(f"wrote {report}")
 
 
 @app.command()
+@_with_schema(TrainConfig, after="config")
 def train(
+    ctx: typer.Context,
     config: str = typer.Option(None, "--config", help="Recipe TOML; every option below has the same key there."),
-    backbone: str = typer.Option(None, help="timm model name or one a backbone plugin registers. "
-                                            "(default: resnet18)"),
-    backbone_opt: list[str] = typer.Option(None, "--backbone-opt", help="key=value for timm.create_model."),
-    head: str = typer.Option(None, help="Head plugin (`robustproto plugins`). (default: linear)"),
-    head_opt: list[str] = typer.Option(None, "--head-opt", help="key=value head option (repeatable)."),
-    reg: list[str] = typer.Option(None, "--reg", help="NAME[:key=value,...] regularizer (repeatable); none."),
-    embed_dim: int = typer.Option(None, help="Embedding size (a linear neck maps the features to it)."),
-    pretrained_weights: str = typer.Option(None, help="Local .safetensors/.pth state dict of the timm backbone."),
-    mean: str = typer.Option(None, help="Per-channel mean, e.g. 0.5,0.5,0.5 [the backbone's]."),
-    std: str = typer.Option(None, help="Per-channel std [the backbone's]."),
-    dataset: str = typer.Option(None, help="mnist-small (bundled), mnist, fashion-mnist, cifar10, cifar100, "
-                                           "imagefolder. (default: mnist-small)"),
-    data_dir: str = typer.Option(None, help="Folder that holds the dataset."),
-    download: bool = typer.Option(None, "--download/--no-download", help="Let torchvision download it."),
-    img_size: int = typer.Option(None, help="Resize images to N×N."),
-    max_train_samples: int = typer.Option(None, help="Train on a fixed subset of N samples."),
-    max_test_samples: int = typer.Option(None, help="Test on a fixed subset of N samples."),
-    augment: str = typer.Option(None, help="auto (crop+flip for CIFAR/image folders, none for MNIST), none, "
-                                           "crop-flip, shift-rotate (±2 px, ±15°). (default: auto)"),
-    workers: int = typer.Option(None, help="DataLoader worker processes. (default: 0)"),
-    epochs: int = typer.Option(None, help="(default: 5)"),
-    batch_size: int = typer.Option(None, help="Per process. (default: 64)"),
-    optimizer: str = typer.Option(None, help="timm optimizer name. (default: adam)"),
-    lr: float = typer.Option(None, help="(default: 0.001)"),
-    weight_decay: float = typer.Option(None, help="(default: 0)"),
-    sched: str = typer.Option(None, help="timm scheduler: cosine, tanh, step, multistep, poly, constant, none. "
-                                         "(default: cosine)"),
-    warmup_epochs: int = typer.Option(None, help="(default: 0)"),
-    freeze_backbone_epochs: int = typer.Option(None, help="Train only neck and head for the first N epochs. "
-                                                         "(default: 0)"),
-    init_samples: int = typer.Option(None, help="Training samples init_from_data sees. (default: 2048)"),
-    mixed_precision: str = typer.Option(None, help="no, fp16 or bf16. (default: no)"),
-    seed: int = typer.Option(None, help="(default: 0)"),
-    output: str = typer.Option(None, help="Run folder. (default: runs/latest; with --resume: that folder)"),
-    resume: str = typer.Option(None, help="Continue the run in this folder from its last saved state."),
+    **flags: Any,
 ) -> None:
     """Train a timm backbone with a head (and regularizers); writes model.safetensors, config.json, metrics.jsonl."""
-    overrides = {key: value for key, value in locals().items() if key != "config"}  # the options, nothing else yet
     from .checkpoint import load_run_config
-    from .config import load_recipe, resolve_config
 
-    layers = []
-    if resume:
-        layers.append(load_run_config(resume))
-        overrides["output"] = output or resume
-    if config:
-        layers.append(load_recipe(config))
-    cfg = resolve_config(*layers, overrides)
+    overrides, base = _given(ctx, flags), None
+    if overrides.get("resume"):
+        base = load_run_config(overrides["resume"])
+        overrides.setdefault("output", overrides["resume"])
+    cfg = _recipe(config).train_config(overrides, base)
     _writable(cfg.output, "output", folder=True)
-
-    from .train import NonFiniteLossError, train as run_training
-
     try:
-        run_training(cfg)
-    except NonFiniteLossError as exc:
-        raise UserError(str(exc)) from None
+        robustproto.train(cfg)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -269,21 +262,21 @@ app.add_typer(show_app, name="show")
 @show_app.command("prototypes")
 def show_prototypes(
     model: str = typer.Option(..., "--model", help="Run folder of `robustproto train` (or its model.safetensors)."),
-    dataset: str = typer.Option(None, help="Dataset to draw images from. (default: the run's own)"),
-    data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
-    max_samples: int = typer.Option(None, help="Search the nearest images among N training samples. "
-                                               "(default: the run's max_train_samples, else all)"),
+    dataset: str = typer.Option(None, help="Dataset to draw images from; without it, the run's own."),
+    data_dir: str = typer.Option(None, help=DATA_DIR_HELP),
+    max_samples: int = typer.Option(None, help="Search the nearest images among N training samples; without it, "
+                                               "the run's max_train_samples, else all."),
     neighbours: int = typer.Option(6, help="Nearest training images per prototype (deep backbones)."),
     max_prototypes: int = typer.Option(40, help="Draw at most this many prototypes."),
     out: str = typer.Option("prototypes.png", "--out", help="PNG to write."),
 ) -> None:
     """Prototypes as images (pixel-space models such as `flatten`), else the training images nearest to each."""
-    from .checkpoint import load
     from .show import plot_prototypes, run_data
 
     _writable(out, "out")
     data = run_data(model, "train", dataset, data_dir, max_samples)
-    path = plot_prototypes(load(model), out, data=data, neighbours=neighbours, max_prototypes=max_prototypes)
+    path = plot_prototypes(robustproto.load(model), out, data=data, neighbours=neighbours,
+                           max_prototypes=max_prototypes)
     typer.echo(f"wrote {path}")
 
 
@@ -295,53 +288,54 @@ def show_adversarial(
                                                       "or 8/255."),
     norm: str = typer.Option("Linf", help="Linf or L2."),
     n_images: int = typer.Option(10, help="Correctly classified test images to attack."),
-    dataset: str = typer.Option(None, help="Dataset to draw test images from. (default: the run's own)"),
-    data_dir: str = typer.Option(None, help="Folder that holds it. (default: the run's own)"),
+    dataset: str = typer.Option(None, help="Dataset to draw test images from; without it, the run's own."),
+    data_dir: str = typer.Option(None, help=DATA_DIR_HELP),
     out: str = typer.Option("adversarial.png", "--out", help="PNG to write."),
 ) -> None:
     """A grid of clean test images and their adversarial versions with predictions, per attack and ε."""
-    from .checkpoint import load
     from .config import parse_eps
     from .show import plot_adversarial, run_data
 
     _writable(out, "out")
     data = run_data(model, "test", dataset, data_dir)
-    path = plot_adversarial(load(model), data, out, list(attack), parse_eps(eps) or [], norm=norm, n_images=n_images)
+    path = plot_adversarial(robustproto.load(model), data, out, list(attack), parse_eps(eps) or [], norm=norm,
+                            n_images=n_images)
     typer.echo(f"wrote {path}")
 
 
 @show_app.command("curves")
 def show_curves(
     reports: list[str] = typer.Argument(..., help="Report JSON files of `robustproto eval --report`."),
-    label: list[str] = typer.Option(None, "--label", help="Legend name per report, in order (default: its model)."),
+    label: list[str] = typer.Option(None, "--label", help="Legend name per report, in order; without it, its model."),
     out: str = typer.Option("curves.png", "--out", help="PNG to write."),
 ) -> None:
     """Robustness curves of several models on one plot (one panel per norm), from their eval reports."""
-    from .evaluate import save_robustness_curves
-
     _writable(out, "out")
-
     loaded = []
     for report in reports:
         path = Path(report)
         if not path.is_file():
-            raise FileNotFoundError(f"no report at {path}: pass files written by `robustproto eval --report`")
+            raise MissingFileError(f"reports: no report at {path}; pass files written by `robustproto eval --report`")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is not valid JSON ({exc})") from None
+            raise UsageError(f"reports: {path} is not valid JSON ({exc})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-            raise UserError(f"{path} is not a report of `robustproto eval` (no results list)")
+            raise UsageError(f"reports: {path} is not a report of `robustproto eval` (no results list)")
         loaded.append(data)
     if label and len(label) != len(loaded):
-        raise UserError(f"--label: {len(label)} given for {len(loaded)} reports; give one per report or none")
-    typer.echo(f"wrote {save_robustness_curves(loaded, out, label or None)}")
+        raise UsageError(f"label: {len(label)} given for {len(loaded)} reports; give one per report or none")
+    typer.echo(f"wrote {robustproto.save_robustness_curves(loaded, out, label or None)}")
 
 
 def main() -> None:
-    """Entry point: run the app (click handles usage errors), turning expected errors into one line, exit 2."""
+    """Entry point: run the app. Click prints its usage errors (exit 2); a RobustProtoError is one line,
+    ``error: ...`` (exit 2), after its traceback with ``--debug``/``ROBUSTPROTO_DEBUG=1``; anything else is a bug
+    and propagates with its traceback."""
     try:
         app()
-    except (UserError, PluginError, ValueError, FileNotFoundError) as exc:
+    except RobustProtoError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -1,276 +1,188 @@
-"""The resolved training configuration: one frozen dataclass, built recipe → CLI overrides.
+"""The configuration schema and its one resolver.
 
-Every ``robustproto train`` option has the same key in a recipe TOML (``--batch-size`` is
-``batch_size``; ``-`` and ``_`` are interchangeable in recipe keys). A recipe may also carry an
-``[eval]`` table, kept verbatim for ``robustproto eval``. Unknown keys and bad values are
-rejected with a :class:`ValueError` that names the key.
+:class:`TrainConfig` (``robustproto train``), :class:`EvalConfig` (``robustproto eval``) and
+:class:`CertifyConfig` (``robustproto certify``) are frozen dataclasses; each field carries its type (the
+annotation), its default and its help (``metadata["help"]``) once. A value from a recipe, a flag or Python is
+converted by the field's annotation (:func:`robustproto.recipe.convert`), and the command line's options are
+generated from the fields. Option tables are read-only mappings.
+
+A recipe TOML (:func:`load_recipe` → :class:`Recipe`) has the train keys at the top (the field names;
+``--batch-size`` is ``batch_size``, ``-`` and ``_`` interchangeable), an ``[eval]`` table with the eval flags'
+keys (one sub-table per norm allowed) and an ``[eval.certify]`` table with the certify flags' keys. Flags
+override the recipe, which overrides the defaults. Unknown keys and bad values are a
+:class:`~robustproto.errors.UsageError` that names the key.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
+import functools
 import json
 import math
-import sys
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from .errors import UsageError
+from .recipe import (NORMS, convert, format_reg, freeze_table, normalize_norm, parse_eps, parse_options,  # noqa: F401
+                     parse_reg, read_toml, thaw)
 
-__all__ = ["DEFAULT_THRESHOLDS", "EvalSettings", "NORMS", "TrainConfig", "load_recipe", "normalize_norm", "parse_eps",
-           "parse_options", "parse_reg", "resolve_config"]
+__all__ = ["CertifyConfig", "DEFAULT_RADII", "DEFAULT_THRESHOLDS", "EvalConfig", "NORMS", "Recipe",
+           "TrainConfig", "key_of", "load_recipe", "normalize_norm", "parse_eps", "parse_options", "parse_reg",
+           "resolve_config"]
 
 DATASETS = ("mnist-small", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 AUGMENTATIONS = ("auto", "none", "crop-flip", "shift-rotate")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # timm schedulers that are a function of the epoch alone (resume rebuilds them and steps to the epoch)
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
+DEFAULT_THRESHOLDS = types.MappingProxyType({"L2": 1.5, "Linf": 0.3})
+DEFAULT_RADII = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0)
+
+
+def _field(default: Any, help: str, **meta: Any) -> Any:
+    """A schema field: its default and the help of its flag. ``meta``: ``none`` (what ``None`` means, shown as
+    the default), ``cli`` (False: recipe only; or the flag's type when the annotation is not it), ``key`` (the
+    recipe key and flag when they differ from the field name), ``table`` (a TOML table kept as written)."""
+    metadata = {"help": help, **meta}
+    if isinstance(default, Mapping):
+        return field(default_factory=lambda: types.MappingProxyType(dict(default)), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def key_of(f: dataclasses.Field) -> str:
+    """The recipe key and (with ``-``) the flag of a schema field."""
+    return f.metadata.get("key", f.name)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert_fields(obj: Any) -> None:
+    """Convert every field of a frozen schema dataclass in place, by its annotation (errors name the key)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("table"):
+            object.__setattr__(obj, f.name, freeze_table(value, key_of(f)))
+        else:
+            object.__setattr__(obj, f.name, convert(key_of(f), _hints(type(obj))[f.name], value))
+
+
+def _at_least(obj: Any, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"{name}: must be {'positive' if minimum == 1 else '≥ 0'}, got {value}; pass "
+                             f"--{name.replace('_', '-')} N ≥ {minimum}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on. Field names are the recipe keys and CLI options."""
+    """Everything a training run depends on. Field names are the recipe keys and (``--kebab-case``) the flags."""
 
-    backbone: str = "resnet18"
-    backbone_opt: Mapping[str, Any] = field(default_factory=dict)
-    head: str = "linear"
-    head_opt: Mapping[str, Any] = field(default_factory=dict)
-    reg: tuple[tuple[str, Mapping[str, Any]], ...] = ()
-    embed_dim: int | None = None
-    pretrained_weights: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    backbone: str = _field("resnet18", "timm model name or one a backbone plugin registers.")
+    backbone_opt: Mapping[str, Any] = _field({}, "key=value for timm.create_model (repeatable).")
+    head: str = _field("linear", "Head plugin (`robustproto plugins`).")
+    head_opt: Mapping[str, Any] = _field({}, "key=value head option (repeatable).")
+    reg: tuple[tuple[str, Mapping[str, Any]], ...] = _field((), "NAME[:key=value,...] regularizer (repeatable); "
+                                                                "none for no regularizer.")
+    embed_dim: int | None = _field(None, "Embedding size (a linear neck maps the features to it).",
+                                   none="the backbone's")
+    pretrained_weights: str | None = _field(None, "Local .safetensors/.pth state dict of the timm backbone.")
+    mean: tuple[float, ...] | None = _field(None, "Per-channel mean, e.g. 0.5,0.5,0.5.", none="the backbone's")
+    std: tuple[float, ...] | None = _field(None, "Per-channel std, e.g. 0.25,0.25,0.25.", none="the backbone's")
 
-    dataset: str = "mnist-small"
-    data_dir: str | None = None
-    download: bool = False
-    img_size: int | None = None
-    max_train_samples: int | None = None
-    max_test_samples: int | None = None
-    augment: str = "auto"
-    workers: int = 0
+    dataset: str = _field("mnist-small", f"{', '.join(DATASETS)} (mnist-small is bundled).")
+    data_dir: str | None = _field(None, "Folder that holds the dataset.")
+    download: bool = _field(False, "Let torchvision download it.")
+    img_size: int | None = _field(None, "Resize images to N×N.", none="the dataset's")
+    max_train_samples: int | None = _field(None, "Train on a fixed subset of N samples.", none="all")
+    max_test_samples: int | None = _field(None, "Test on a fixed subset of N samples.", none="all")
+    augment: str = _field("auto", "auto (crop-flip for CIFAR and image folders, none for MNIST), none, crop-flip, "
+                                  "shift-rotate (±2 px, ±15°).")
+    workers: int = _field(0, "DataLoader worker processes.")
 
-    epochs: int = 5
-    batch_size: int = 64
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    sched: str = "cosine"
-    warmup_epochs: int = 0
-    freeze_backbone_epochs: int = 0
-    init_samples: int = 2048
-    mixed_precision: str = "no"
-    seed: int = 0
+    epochs: int = _field(5, "Training epochs.")
+    batch_size: int = _field(64, "Images per step and process.")
+    optimizer: str = _field("adam", "timm optimizer name.")
+    lr: float = _field(1e-3, "Learning rate (reached after the warm-up).")
+    weight_decay: float = _field(0.0, "Weight decay.")
+    sched: str = _field("cosine", f"timm scheduler, per epoch: {', '.join(SCHEDULERS)}.")
+    warmup_epochs: int = _field(0, "Epochs of linear learning-rate warm-up.")
+    freeze_backbone_epochs: int = _field(0, "Train only neck and head for the first N epochs.")
+    init_samples: int = _field(2048, "Training samples init_from_data sees.")
+    mixed_precision: str = _field("no", f"{', '.join(MIXED_PRECISION)}.")
+    seed: int = _field(0, "Seed of weights, shuffling and augmentation.")
 
-    output: str = "runs/latest"
-    resume: str | None = None
-    eval: Mapping[str, Any] = field(default_factory=dict)
+    output: str = _field("runs/latest", "Run folder (with --resume: that folder).")
+    resume: str | None = _field(None, "Continue the run in this folder from its last saved state.")
+    eval: Mapping[str, Any] = _field({}, "The recipe's [eval] table as written, kept for `robustproto eval`.",
+                                     cli=False, table=True)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
-        _check_values(self)
+        _convert_fields(self)
+        _check_train(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (``reg`` as ``["name:k=v,..."]`` strings, as a recipe writes it)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {f.name: thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["reg"] = [format_reg(name, opts) for name, opts in self.reg]
-        for key in ("backbone_opt", "head_opt", "eval"):
-            out[key] = dict(out[key])
         for key in ("mean", "std"):
-            out[key] = list(out[key]) if out[key] is not None else None
+            out[key] = None if out[key] is None else list(out[key])
         return out
 
     def to_json(self) -> str:
+        """The config as one JSON line with sorted keys (:meth:`to_dict`)."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def replace(self, **changes: Any) -> "TrainConfig":
+        """A new config with ``changes`` applied and checked like any recipe or CLI value."""
         return resolve_config(self.to_dict(), changes)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_INTS = {"embed_dim", "img_size", "max_train_samples", "max_test_samples", "workers", "epochs", "batch_size",
-         "warmup_epochs", "freeze_backbone_epochs", "init_samples", "seed"}
-_FLOATS = {"lr", "weight_decay"}
-_STRS = {"augment", "backbone", "head", "dataset", "optimizer", "sched", "mixed_precision", "output", "data_dir",
-         "pretrained_weights", "resume"}
-_OPTIONAL = {"embed_dim", "img_size", "max_train_samples", "max_test_samples", "data_dir", "pretrained_weights",
-             "resume", "mean", "std"}
 
 
-def _literal(text: str) -> Any:
-    """A Python literal if ``text`` is one (``3``, ``0.1``, ``True``, ``[1, 2]``), else the string itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def parse_options(items: str | list[str] | Mapping[str, Any], key: str) -> dict[str, Any]:
-    """``["k=v", ...]`` or ``"k=v,k2=v2"`` or a mapping → ``{k: literal(v)}``."""
-    if isinstance(items, Mapping):
-        return {str(k).replace("-", "_"): v for k, v in items.items()}
-    if isinstance(items, str):
-        items = [items] if items else []
-    out: dict[str, Any] = {}
-    for item in items:
-        for part in _split_top_level(str(item)):
-            name, sep, value = part.partition("=")
-            name = name.strip().replace("-", "_")
-            if not sep or not name.isidentifier():
-                raise ValueError(f"{key}: expected key=value, got '{part}'")
-            out[name] = _literal(value.strip())
-    return out
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are not inside brackets or quotes (``a=[1,2],b=3`` → two parts)."""
-    parts, depth, quote, start = [], 0, None, 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts if p.strip()]
-
-
-def parse_reg(spec: str) -> tuple[str, dict[str, Any]] | None:
-    """``"NAME[:k=v,...]"`` → ``(name, options)``; ``"none"`` → ``None``."""
-    name, _, rest = str(spec).partition(":")
-    name = name.strip()
-    if not name:
-        raise ValueError(f"reg: expected NAME[:key=value,...], got '{spec}'")
-    if name.lower() == "none":
-        if rest.strip():
-            raise ValueError(f"reg: 'none' takes no options, got '{spec}'")
-        return None
-    return name, parse_options(rest, f"reg '{name}'")
-
-
-def format_reg(name: str, options: Mapping[str, Any]) -> str:
-    if not options:
-        return name
-    return name + ":" + ",".join(f"{k}={v!r}" for k, v in options.items())
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """Normalise one field's value (recipes and CLIs give strings, lists, tables) or fail naming the key."""
-    if value is None:
-        if key in _OPTIONAL:
-            return None
-        raise ValueError(f"{key}: a value is required")
-    if key in ("backbone_opt", "head_opt", "eval"):
-        if key == "eval":
-            if not isinstance(value, Mapping):
-                raise ValueError(f"eval: expected a table, got {value!r}")
-            return dict(value)
-        return parse_options(value, key)
-    if key == "reg":
-        out = []
-        for spec in [value] if isinstance(value, str) else value:
-            if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], Mapping):
-                out.append((str(spec[0]), dict(spec[1])))
-            elif (parsed := parse_reg(spec)) is not None:
-                out.append(parsed)
-        return tuple(out)
-    if key in ("mean", "std"):
-        items = value.split(",") if isinstance(value, str) else list(value)
-        try:
-            return tuple(float(v) for v in items)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected comma-separated numbers, got {value!r}") from None
-    if key == "download":
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if not isinstance(value, bool):
-            raise ValueError(f"download: expected true or false, got {value!r}")
-        return value
-    if key in _INTS:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and
-                                                                      value.strip().lstrip("-").isdigit())):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        return int(value)
-    if key in _FLOATS:
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected a number, got {value!r}") from None
-    if key in _STRS:
-        if not isinstance(value, (str, Path)):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise ValueError(f"unknown key '{key}'")  # pragma: no cover - every field is handled above
-
-
-def _check_values(cfg: TrainConfig) -> None:
-    def choice(key: str, allowed: tuple[str, ...]) -> None:
+def _check_train(cfg: TrainConfig) -> None:
+    for key, allowed in (("dataset", DATASETS), ("augment", AUGMENTATIONS), ("mixed_precision", MIXED_PRECISION),
+                         ("sched", SCHEDULERS)):
         if getattr(cfg, key) not in allowed:
-            raise ValueError(f"{key}: '{getattr(cfg, key)}' is not one of {', '.join(allowed)}")
-
-    choice("dataset", DATASETS)
-    choice("augment", AUGMENTATIONS)
-    choice("mixed_precision", MIXED_PRECISION)
-    choice("sched", SCHEDULERS)
-    positive = ("epochs", "batch_size", "embed_dim", "img_size", "max_train_samples", "max_test_samples",
-                "init_samples")
-    for key in positive:
-        value = getattr(cfg, key)
-        if value is not None and value <= 0:
-            raise ValueError(f"{key}: must be positive, got {value}")
-    for key in ("workers", "warmup_epochs", "freeze_backbone_epochs", "seed"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"{key}: must not be negative, got {getattr(cfg, key)}")
+            raise UsageError(f"{key}: '{getattr(cfg, key)}' is not one of {', '.join(allowed)}")
+    _at_least(cfg, 1, "epochs", "batch_size", "embed_dim", "img_size", "max_train_samples", "max_test_samples",
+              "init_samples")
+    _at_least(cfg, 0, "workers", "warmup_epochs", "freeze_backbone_epochs", "seed")
     if cfg.warmup_epochs and cfg.sched == "none":
-        raise ValueError(f"warmup_epochs: sched 'none' has no warm-up, got warmup_epochs={cfg.warmup_epochs}; "
+        raise UsageError(f"warmup_epochs: sched 'none' has no warm-up, got warmup_epochs={cfg.warmup_epochs}; "
                          "pass --sched (e.g. constant) or --warmup-epochs 0")
     if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
-        raise ValueError(f"warmup_epochs: {cfg.warmup_epochs} is not fewer than epochs ({cfg.epochs}), so the run "
+        raise UsageError(f"warmup_epochs: {cfg.warmup_epochs} is not fewer than epochs ({cfg.epochs}), so the run "
                          "ends before the learning rate reaches lr; pass --warmup-epochs below --epochs")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise ValueError(f"lr: must be a positive finite number, got {cfg.lr}")
+        raise UsageError(f"lr: must be a positive finite number, got {cfg.lr}")
     if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
-        raise ValueError(f"weight_decay: must be a finite number ≥ 0, got {cfg.weight_decay}")
+        raise UsageError(f"weight_decay: must be a finite number ≥ 0, got {cfg.weight_decay}")
     if (cfg.mean is None) != (cfg.std is None):
-        raise ValueError("mean/std: give both or neither")
+        raise UsageError("mean/std: give both or neither")
     if cfg.mean is not None and len(cfg.mean) != len(cfg.std):
-        raise ValueError(f"std: has {len(cfg.std)} channels but mean has {len(cfg.mean)}")
+        raise UsageError(f"std: has {len(cfg.std)} channels but mean has {len(cfg.mean)}")
     if cfg.mean is not None and not all(map(math.isfinite, cfg.mean)):
-        raise ValueError(f"mean: must be finite numbers, got {list(cfg.mean)}")
+        raise UsageError(f"mean: must be finite numbers, got {list(cfg.mean)}")
     if cfg.std is not None and not all(math.isfinite(s) and s > 0 for s in cfg.std):
-        raise ValueError(f"std: must be positive finite numbers, got {list(cfg.std)}")
+        raise UsageError(f"std: must be positive finite numbers, got {list(cfg.std)}")
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe TOML into a dict of config keys (``-`` in keys read as ``_``).
-
-    A missing file is a FileNotFoundError, an unreadable one a ValueError; both name ``config``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config: recipe not found: {path}; pass --config the path of a recipe TOML file")
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config: recipe {path} is not valid TOML ({exc}); fix the file") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"config: recipe {path} is not UTF-8 text ({exc.reason}); pass a TOML file") from None
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+def _check_keys(table: Mapping[str, Any], known: Any, where: str) -> dict[str, Any]:
+    """``table`` with ``-`` in keys read as ``_``; a UsageError names unknown keys and lists the known ones."""
+    table = {str(k).replace("-", "_"): v for k, v in table.items()}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise UsageError(f"{where}unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return table
 
 
 def resolve_config(*layers: Mapping[str, Any] | None) -> TrainConfig:
@@ -280,132 +192,184 @@ def resolve_config(*layers: Mapping[str, Any] | None) -> TrainConfig:
         for key, value in (layer or {}).items():
             key = str(key).replace("-", "_")
             if key not in _FIELDS:
-                raise ValueError(f"unknown key '{key}' (known: {', '.join(sorted(_FIELDS))})")
-            if value is None:
-                continue
-            merged[key] = value
+                raise UsageError(f"unknown key '{key}' (known: {', '.join(sorted(_FIELDS))})")
+            if value is not None:
+                merged[key] = value
     return TrainConfig(**merged)
 
 
-# ------------------------------------------------------------------ evaluation settings
-NORMS = ("Linf", "L2")
-DEFAULT_THRESHOLDS = {"L2": 1.5, "Linf": 0.3}
+# ------------------------------------------------------------------ evaluation and certification
+ATTACK_HELP = ("fgsm, fgm, bim, mim, pgd, pgd-l2, deepfool, cw, fab, square, autoattack, gaussian; pgd-20 sets "
+               "steps, pgd@margin the loss (ce, margin, ce+margin; auto: ce for a linear head, else ce+margin) "
+               "(repeatable).")
 
 
-def normalize_norm(norm: str) -> str:
-    """``"linf"``, ``"inf"``, ``"Linf"`` → ``"Linf"``; ``"l2"``, ``"2"`` → ``"L2"``; anything else is a ValueError."""
-    key = str(norm).strip().lower()
-    if key in ("linf", "inf", "l_inf"):
-        return "Linf"
-    if key in ("l2", "2", "l_2"):
-        return "L2"
-    raise ValueError(f"norm: '{norm}' is not one of Linf, L2")
+def _given(cli: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags actually given (not ``None``, not an empty repeatable option)."""
+    return {k: v for k, v in cli.items() if v is not None and not (isinstance(v, (list, tuple)) and not v)}
 
 
 @dataclass(frozen=True)
-class EvalSettings:
-    """What ``robustproto eval`` runs, resolved recipe ``[eval]`` table → CLI flags (later wins).
+class EvalConfig:
+    """What ``robustproto eval`` runs: attacks and budgets per norm, thresholds, options. Built by
+    :meth:`resolve` from a recipe's ``[eval]`` table (keys: the flags' names, ``attack``, ``eps``, ...) and the
+    flags (later wins); the table may hold one sub-table per norm (``L2 = {attack = [...], eps = [...],
+    threshold = 1.5}``) to evaluate several norms in one report."""
 
-    A recipe's ``[eval]`` table has the CLI's keys (``attack``, ``eps``, ``norm``, ``n_samples``,
-    ``batch_size``, ``attack_opt``, ``bisection_steps``, ``threshold``) and may instead hold one sub-table per
-    norm (``L2 = {attack = [...], eps = [...], threshold = 1.5}``) to evaluate several norms in one report.
-    A ``certify`` sub-table (``norm``, ``n_samples``, ``radii``) is for ``robustproto certify``.
-    """
+    attacks: Mapping[str, tuple[str, ...]] = _field({}, ATTACK_HELP, key="attack")
+    eps: Mapping[str, tuple[float, ...]] = _field({}, "Budgets in pixel units, e.g. 0,0.1,0.3 or 8/255.", key="eps")
+    norm: str = _field("Linf", f"{' or '.join(NORMS)}: the norm of --attack and --eps; a recipe's per-norm tables "
+                               "all run unless this names one.")
+    thresholds: Mapping[str, float] = _field(DEFAULT_THRESHOLDS, "Threshold accuracy at these distances, "
+                                                                 "NORM=T,...", key="threshold", cli=str)
+    attack_options: Mapping[str, Mapping[str, Any]] = _field({}, "ATTACK:key=value,... e.g. square:n_queries=1000 "
+                                                                 "(repeatable).", key="attack_opt")
+    n_samples: int | None = _field(None, "Evaluate a fixed subset of N test points.", none="all")
+    batch_size: int = _field(128, "Images per attack batch.")
+    bisection_steps: int = _field(0, "Bisection steps on ε per point refining a fixed-budget attack's minimal "
+                                     "distance (median-δ); each costs up to one more attack run (0: one run per ε).")
 
-    attacks: Mapping[str, tuple[str, ...]]
-    eps: Mapping[str, tuple[float, ...]]
-    thresholds: Mapping[str, float]
-    attack_options: Mapping[str, Mapping[str, Any]]
-    n_samples: int | None = None
-    batch_size: int = 128
-    bisection_steps: int = 0
+    def __post_init__(self) -> None:
+        _convert_fields(self)
+        object.__setattr__(self, "norm", normalize_norm(self.norm))
+        for name, key in (("attacks", "attack"), ("eps", "eps"), ("thresholds", "threshold")):
+            object.__setattr__(self, name, types.MappingProxyType(
+                {normalize_norm(k, key): v for k, v in getattr(self, name).items()}))
+        for values in self.eps.values():
+            if not all(math.isfinite(e) and e >= 0 for e in values):
+                raise UsageError(f"eps: budgets must be finite and ≥ 0, got {list(values)}")
+        for n, t in self.thresholds.items():
+            if not (math.isfinite(t) and t >= 0):
+                raise UsageError(f"threshold: must be a finite distance ≥ 0, got {n}={t}")
+        _at_least(self, 1, "n_samples", "batch_size")
+        _at_least(self, 0, "bisection_steps")
 
     @classmethod
-    def resolve(cls, table: Mapping[str, Any] | None, **cli: Any) -> "EvalSettings":
-        table = {str(k).replace("-", "_"): v for k, v in (table or {}).items()}
-        known = {"attack", "eps", "norm", "n_samples", "batch_size", "attack_opt", "bisection_steps", "threshold",
-                 "certify", *NORMS}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ValueError(f"[eval]: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        per_norm = {n: dict(table[n]) for n in NORMS if n in table}
-        for n, sub in per_norm.items():
-            bad = sorted(set(sub) - {"attack", "eps", "threshold"})
-            if bad:
-                raise ValueError(f"[eval.{n}]: unknown key(s) {', '.join(bad)} (known: attack, eps, threshold)")
+    def resolve(cls, table: Mapping[str, Any] | None = None, **cli: Any) -> "EvalConfig":
+        """The ``[eval]`` table (or ``None``) overridden by the flags given (``attack``, ``eps``, ``norm``, ...)."""
+        keys = {key_of(f) for f in dataclasses.fields(cls)}
+        table = _check_keys(table or {}, keys | {"certify", *NORMS}, "[eval]: ")
+        per_norm = {}
+        for n in NORMS:
+            if n in table:
+                if not isinstance(table[n], Mapping):
+                    raise UsageError(f"[eval.{n}]: expected a table, got {table[n]!r}")
+                per_norm[n] = _check_keys(table[n], ("attack", "eps", "threshold"), f"[eval.{n}]: ")
+        given = _given(_check_keys(cli, keys, "eval options: "))
 
-        def pick(key, default=None):
-            return cli[key] if cli.get(key) is not None else table.get(key, default)
+        def pick(key: str, default: Any = None) -> Any:
+            return given[key] if key in given else table.get(key, default)
 
-        norm = normalize_norm(pick("norm", "Linf"))
-        as_list = lambda v: [v] if isinstance(v, (str, int, float)) else list(v or [])  # noqa: E731
-        if cli.get("attack") or (not per_norm) or (cli.get("norm") and norm not in per_norm):
-            attacks = {norm: tuple(as_list(pick("attack")))}
-            eps = {norm: as_list(pick("eps", per_norm.get(norm, {}).get("eps")))}
+        def as_list(value: Any) -> list:
+            return [value] if isinstance(value, (str, int, float)) else list(value or [])
+
+        norm = normalize_norm(pick("norm", _FIELD_DEFAULTS["norm"]))
+        if "attack" in given or not per_norm or ("norm" in given and norm not in per_norm):
+            attacks = {norm: as_list(pick("attack"))}
+            eps = {norm: parse_eps(given["eps"], "--eps") if "eps" in given else
+                   as_list(table.get("eps", per_norm.get(norm, {}).get("eps")))}
         else:
-            attacks = {n: tuple(as_list(sub.get("attack"))) for n, sub in per_norm.items()
-                       if cli.get("norm") is None or n == norm}
-            eps = {n: as_list(cli["eps"] if cli.get("eps") is not None else per_norm[n].get("eps"))
+            attacks = {n: as_list(sub.get("attack")) for n, sub in per_norm.items() if "norm" not in given or n == norm}
+            eps = {n: parse_eps(given["eps"], "--eps") if "eps" in given else as_list(per_norm[n].get("eps"))
                    for n in attacks}
         if not any(attacks.values()):
-            raise ValueError("no attack to run: pass --attack NAME (repeatable) or put attack = [...] in [eval]")
-        try:
-            eps = {n: tuple(float(e) for e in v) for n, v in eps.items()}
-        except (TypeError, ValueError):
-            raise ValueError(f"eps: expected numbers, got {eps}") from None
-        thresholds = {n: _number(sub["threshold"], f"[eval.{n}] threshold") for n, sub in per_norm.items()
-                      if "threshold" in sub}
-        given = pick("threshold")
-        if given is not None:
-            thresholds.update({normalize_norm(k): _number(v, "threshold") for k, v in
-                               parse_options(given, "threshold").items()}
-                              if not isinstance(given, (int, float)) else {norm: _number(given, "threshold")})
+            raise UsageError("no attack to run: pass --attack NAME (repeatable) or put attack = [...] in [eval]")
+        eps = {n: parse_eps(v, "eps") or [] for n, v in eps.items()}
+        thresholds = dict(DEFAULT_THRESHOLDS)
+        thresholds.update({n: sub["threshold"] for n, sub in per_norm.items() if "threshold" in sub})
+        threshold = pick("threshold")
+        if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+            thresholds[norm] = threshold
+        elif threshold is not None:
+            for n, t in parse_options(threshold, "threshold").items():
+                thresholds[normalize_norm(n, "threshold")] = convert("threshold", float, t)
         options: dict[str, dict[str, Any]] = {}
-        raw_opts = pick("attack_opt", {})
-        items = raw_opts.items() if isinstance(raw_opts, Mapping) else (s.partition(":")[::2] for s in as_list(raw_opts))
+        raw = pick("attack_opt", {})
+        items = raw.items() if isinstance(raw, Mapping) else (str(s).partition(":")[::2] for s in as_list(raw))
         for name, spec in items:
             options.setdefault(str(name).strip(), {}).update(parse_options(spec, f"attack_opt {name}"))
-        n_samples = pick("n_samples")
-        return cls(attacks, eps, thresholds, options,
-                   None if n_samples is None else _count(n_samples, "n_samples", minimum=1),
-                   _count(pick("batch_size", 128), "batch_size", minimum=1),
-                   _count(pick("bisection_steps", 0), "bisection_steps", minimum=0))
+        return cls(attacks, eps, norm, thresholds, options, pick("n_samples"),
+                   pick("batch_size", _FIELD_DEFAULTS["batch_size"]),
+                   pick("bisection_steps", _FIELD_DEFAULTS["bisection_steps"]))
 
 
-def _number(value: Any, key: str) -> float:
-    """``float(value)`` or a ValueError naming the key (a recipe or CLI value that is not a number)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}: '{value}' is not a number (e.g. L2=1.5,Linf=0.3)") from None
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
 
 
-def _count(value: Any, key: str, minimum: int) -> int:
-    """An integer ≥ ``minimum`` or a ValueError naming the key."""
-    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, str) and
-                                                                      value.strip().lstrip("-").isdigit()):
-        raise ValueError(f"{key}: expected an integer, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{key}: must be ≥ {minimum}, got {value}")
-    return int(value)
+@dataclass(frozen=True)
+class CertifyConfig:
+    """What ``robustproto certify`` runs; :meth:`resolve` reads a recipe's ``[eval.certify]`` table (keys: the field
+    names) overridden by the flags."""
+
+    norm: str = _field("L2", "The norm of the certified radii (only L2 is certified).")
+    n_samples: int | None = _field(None, "Certify a fixed subset of N test points.", none="all")
+    radii: tuple[float, ...] = _field(DEFAULT_RADII, "Radii for the certified accuracy, e.g. 0.1,0.5,1.")
+    batch_size: int = _field(256, "Images per batch.")
+
+    def __post_init__(self) -> None:
+        _convert_fields(self)
+        object.__setattr__(self, "norm", normalize_norm(self.norm))
+        if self.norm != "L2":
+            raise UsageError(f"norm: {self.norm} is not certified (the certificates are L2 radii); pass --norm L2")
+        if not self.radii or not all(math.isfinite(r) and r >= 0 for r in self.radii):
+            raise UsageError(f"radii: must be finite and ≥ 0, got {list(self.radii)}; pass e.g. --radii 0.5,1")
+        _at_least(self, 1, "n_samples", "batch_size")
+
+    @classmethod
+    def resolve(cls, table: Mapping[str, Any] | None = None, **cli: Any) -> "CertifyConfig":
+        """The ``[eval.certify]`` table (or ``None``) overridden by the flags given (``radii`` may be a string)."""
+        keys = [f.name for f in dataclasses.fields(cls)]
+        if table is not None and not isinstance(table, Mapping):
+            raise UsageError(f"[eval.certify]: expected a table, got {table!r}")
+        merged = {**_check_keys(table or {}, keys, "[eval.certify]: "), **_given(_check_keys(cli, keys, ""))}
+        if isinstance(cli.get("radii"), str):
+            merged["radii"] = parse_eps([cli["radii"]], "--radii")
+        return cls(**merged)
 
 
-def parse_eps(items: Sequence[str] | None, option: str = "--eps") -> list[float] | None:
-    """``["0,0.1", "0.3"]`` or ``["8/255"]`` → ``[0.0, 0.1, 0.3]`` / ``[0.0314]``; a ValueError names ``option`` and
-    the bad item."""
-    if not items:
-        return None
-    out = []
-    for item in items:
-        for part in str(item).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                num, _, den = part.partition("/")
-                out.append(float(num) / (float(den) if den else 1.0))
-            except (ValueError, ZeroDivisionError):
-                raise ValueError(f"{option}: '{part}' is not a number (e.g. 0.1,0.3 or 8/255)") from None
-    return out
+@dataclass(frozen=True, eq=False)
+class Recipe(Mapping):
+    """A recipe TOML: its train keys as a mapping (the ``[eval]`` table under ``eval``), and the one place that
+    resolves them for each command, flags over recipe over defaults. ``Recipe()`` is the empty recipe."""
+
+    table: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+    path: str | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.table[key]
+
+    def __iter__(self):
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def output(self) -> str | None:
+        """The recipe's run folder (``output``), where ``eval`` and ``certify`` find the model."""
+        return None if self.table.get("output") is None else str(self.table["output"])
+
+    def train_config(self, overrides: Mapping[str, Any] | None = None,
+                     base: Mapping[str, Any] | None = None) -> TrainConfig:
+        """``base`` (e.g. the config of a run to resume) → this recipe → ``overrides`` (flags; ``None`` skipped)."""
+        return resolve_config(base, self.table, overrides)
+
+    def eval_config(self, **flags: Any) -> EvalConfig:
+        """The recipe's ``[eval]`` table overridden by the given flags, as ``robustproto eval`` runs it."""
+        return EvalConfig.resolve(self.table.get("eval"), **flags)
+
+    def certify_config(self, **flags: Any) -> CertifyConfig:
+        """The recipe's ``[eval.certify]`` table overridden by the given flags, as ``robustproto certify`` runs it."""
+        return CertifyConfig.resolve((self.table.get("eval") or {}).get("certify"), **flags)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe TOML (``-`` in keys read as ``_``). Unknown train keys, and an ``[eval]`` or
+    ``[eval.certify]`` that is not a table, are a UsageError; a missing file is a MissingFileError naming
+    ``config``. Values are checked when a command resolves them (:meth:`Recipe.train_config`, ...)."""
+    table = _check_keys(read_toml(path), _FIELDS, f"config: recipe {path}: ")
+    if "eval" in table:
+        table["eval"] = freeze_table(table["eval"], "eval")
+        if "certify" in table["eval"]:
+            freeze_table(table["eval"]["certify"], "eval.certify")
+    return Recipe(types.MappingProxyType(table), str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -88,10 +89,9 @@ BAD_INPUT = {
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     from robustproto.config import resolve_config
-    from robustproto.train import train
 
     out = tmp_path_factory.mktemp("cli") / "run"
-    train(resolve_config({"backbone": "flatten", "head": "glvq", "epochs": 1, "max_train_samples": 64,
+    robustproto.train(resolve_config({"backbone": "flatten", "head": "glvq", "epochs": 1, "max_train_samples": 64,
                           "max_test_samples": 32, "output": str(out)}))
     return out
 
@@ -135,4 +135,131 @@ def test_bad_lr_from_a_real_process_is_one_line(tmp_path):
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 2
     assert result.stderr.startswith("error: lr: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ options generated from the config schema
+def _squash(text: str) -> str:
+    """Help text without the box and the line breaks rich puts in, to find a phrase however it wraps."""
+    return re.sub(r"[\s│]+", "", text)
+
+
+@pytest.mark.parametrize("command, schema", [("train", "TrainConfig"), ("eval", "EvalConfig"),
+                                             ("certify", "CertifyConfig")])
+def test_help_lists_every_field_with_its_help_and_default(command, schema):
+    import dataclasses
+
+    from robustproto import config
+
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = _squash(result.output)
+    for f in dataclasses.fields(getattr(config, schema)):
+        if f.metadata.get("cli") is False:
+            assert "--" + f.name.replace("_", "-") not in result.output
+            continue
+        flag = "--" + config.key_of(f).replace("_", "-")
+        assert re.search(rf"{flag}(\s|/)", result.output), flag
+        expected = f.metadata["help"]
+        if isinstance(f.default, (int, float, str)) and not isinstance(f.default, bool):
+            expected += f"[default: {f.default}]"
+        elif f.default is None and "none" in f.metadata:
+            expected += f"[default: ({f.metadata['none']})]"
+        assert _squash(expected) in text, (flag, expected)
+    assert "(default:" not in result.output  # no hand-written default left in a help text
+
+
+def test_train_help_shows_the_generated_defaults():
+    text = _squash(runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output)
+    for phrase in ("--batch-size<int>Imagesperstepandprocess.[default:64]", "[default:no-download]",
+                   "--lr<float>", "[default:0.001]", "--max-train-samples<int>", "[default:(all)]"):
+        assert phrase in text
+    text = _squash(runner.invoke(app, ["certify", "--help"], env={"COLUMNS": "200"}).output)
+    assert "[default:0.1,0.25,0.5,1,1.5,2]" in text
+
+
+def test_train_flags_override_the_recipe_which_overrides_the_defaults(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(robustproto, "train", seen.append)  # the command calls robustproto.train(cfg)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('epochs = 3\nlr = 0.1\nseed = 4\nhead_opt = {prototypes_per_class = 2}\nreg = ["lipschitz"]\n')
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--lr", "0.001", "--reg", "none", "--head-opt",
+                                 "prototypes_per_class=3", "--mean", "0.5", "--std", "0.25", "--output",
+                                 str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    (cfg,) = seen
+    assert cfg.epochs == 3 and cfg.seed == 4  # the recipe over the defaults
+    assert cfg.lr == 0.001  # a flag equal to its default still overrides the recipe
+    assert cfg.head_opt == {"prototypes_per_class": 3} and cfg.reg == () and cfg.mean == (0.5,)
+    assert cfg.batch_size == robustproto.TrainConfig().batch_size and cfg.output == str(tmp_path / "out")
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"epochs": 2, "seed": 7, "output": "elsewhere"}))
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--seed", "8"])
+    assert result.exit_code == 0, result.output
+    assert (seen[1].epochs, seen[1].seed, seen[1].output) == (2, 8, str(tmp_path / "run"))
+
+
+def test_eval_and_certify_read_their_tables_of_the_recipe(trained_run, tmp_path, monkeypatch):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'output = "{trained_run}"\n[eval]\nattack = ["fgsm"]\neps = [0.1]\nn_samples = 8\n'
+                      'bisection_steps = 1\n[eval.certify]\nn_samples = 8\nradii = [0.5]\n')
+    seen = {}
+
+    def fake_evaluate(model, data, **kwargs):
+        seen.update(kwargs, n=len(data))
+        return {"clean_accuracy": 1.0, "median_distance": {}, "warnings": []}
+
+    monkeypatch.setattr(robustproto, "evaluate", fake_evaluate)
+    result = runner.invoke(app, ["eval", "--config", str(recipe), "--eps", "0.2", "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert seen["attacks"] == {"Linf": ("fgsm",)} and seen["eps"] == {"Linf": (0.2,)}  # --eps over the recipe
+    assert seen["n"] == 8 and seen["bisection_steps"] == 1 and seen["batch_size"] == 128
+    for flags, radii in (([], {"0.5"}), (["--radii", "1,2"], {"1", "2"})):
+        report = tmp_path / "cert.json"
+        result = runner.invoke(app, ["certify", "--config", str(recipe), "--report", str(report), *flags])
+        assert result.exit_code == 0, result.output
+        cert = json.loads(report.read_text())
+        assert len(cert["radii"]) == 8 and set(cert["certified_accuracy"]) == radii
+
+
+# ------------------------------------------------------------------ one error base: bugs keep their traceback
+@pytest.mark.parametrize("bug", [RuntimeError, ValueError, KeyError])
+def test_a_bug_keeps_its_traceback_through_main(monkeypatch, bug):
+    from robustproto import cli
+
+    def version() -> None:  # the command's name comes from its function
+        raise bug("a bug")
+
+    (command,) = [c for c in cli.app.registered_commands if c.callback.__name__ == "version"]
+    monkeypatch.setattr(command, "callback", version)
+    monkeypatch.setattr(sys, "argv", ["robustproto", "version"])
+    with pytest.raises(bug, match="a bug"):
+        cli.main()
+
+
+def test_a_bug_prints_its_traceback_from_a_real_process():
+    code = ("import sys, robustproto, robustproto.cli as cli; robustproto.list_plugins = lambda: 1 / 0; "
+            "sys.argv = ['robustproto', 'plugins']; cli.main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr and "error: " not in result.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "off"])
+def test_debug_shows_the_traceback_of_a_usage_error(tmp_path, monkeypatch, capsys, how):
+    argv = ["train", "--epochs", "0", "--output", str(tmp_path / "out")]
+    monkeypatch.delenv("ROBUSTPROTO_DEBUG", raising=False)
+    if how == "flag":
+        argv.insert(0, "--debug")
+    elif how == "env":
+        monkeypatch.setenv("ROBUSTPROTO_DEBUG", "1")
+    code, err = _main(argv, monkeypatch, capsys)
+    assert code == 2
+    assert err.splitlines()[-1] == "error: epochs: must be positive, got 0; pass --epochs N ≥ 1"
+    if how == "off":
+        assert err.count("\n") == 1
+    else:
+        assert "Traceback" in err and "robustproto.errors.UsageError: epochs: must be positive" in err
     assert not (tmp_path / "out").exists()

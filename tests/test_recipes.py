@@ -50,15 +50,17 @@ def test_recipe_parses_and_documents_itself(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
 def test_recipe_eval_table_is_what_eval_and_certify_run(path):
-    from robustproto.config import EvalSettings
-    from robustproto.evaluate import _parse_attack
+    from robustproto.attacks import parse_attack
+    from robustproto.config import CertifyConfig, EvalConfig
 
-    table = resolve_config(load_recipe(path)).eval
-    settings = EvalSettings.resolve(table)  # what `robustproto eval --config` runs
+    recipe = load_recipe(path)
+    table = resolve_config(recipe).eval
+    settings = recipe.eval_config()  # what `robustproto eval --config` runs
+    assert settings == EvalConfig.resolve(table)  # the [eval] table a run folder keeps says the same
     assert settings.n_samples == 10000  # the whole MNIST / CIFAR test set, as in the papers
     for norm, names in settings.attacks.items():
         for name in names:
-            key, spec, _ = _parse_attack(name, {})
+            key, spec, _ = parse_attack(name, {})
             assert norm in spec.norms and (spec.minimal or settings.eps[norm]), (name, norm)
     paper = path.stem.split("-")[0]
     if paper == "saralajew":
@@ -70,6 +72,7 @@ def test_recipe_eval_table_is_what_eval_and_certify_run(path):
         assert min(settings.eps["Linf"]) == 8 / 255 and max(settings.eps["Linf"]) == 16 / 255
     if paper == "hein":
         assert table["certify"] == {"norm": "L2", "n_samples": 10000}
+        assert recipe.certify_config() == CertifyConfig(norm="L2", n_samples=10000)  # what `certify --config` runs
     if paper == "khalid":
         top = 6.0 if "-mnist-" in path.stem else 0.2
         # the paper's CE-FGSM beside FGSM on the scale-free margin

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from robustproto.config import load_recipe, resolve_config
-from robustproto.config import EvalSettings
+from robustproto.config import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
@@ -51,8 +51,8 @@ def test_small_scale_shrinks_every_recipe_into_a_valid_protocol(reproduce, data_
     for path in RECIPES:
         recipe = resolve_config(load_recipe(path))
         cfg, changes, table = reproduce.plan_experiment(path, "small", data_dir, tmp_path / "runs")
-        settings = EvalSettings.resolve(table)  # as `robustproto eval --config` would
-        as_written = EvalSettings.resolve(recipe.eval)
+        settings = EvalConfig.resolve(table)  # as `robustproto eval --config` would
+        as_written = EvalConfig.resolve(recipe.eval)
         assert settings.n_samples < as_written.n_samples, path.stem
         assert cfg.epochs < recipe.epochs and cfg.max_train_samples, path.stem
         for key, value in changes.items():  # every change is applied, and listed in the report
