@@ -18,7 +18,7 @@ from .lipschitz import lipschitz_upper_bound
 from .model import Normalize, ProtoModel, wrap
 from .registry import (PluginError, create_backbone, create_head, create_regularizer, list_plugins, load_backbones,
                        refresh_plugins, register_head, register_regularizer)
-from .regularizer import RegularizedModel, Regularizer, StepContext
+from .regularizer import BatchContext, RegularizedModel, Regularizer, StepContext
 from .training import (  # Accelerate is imported only when a run starts
     TrainResult, TrainStep, compute_losses, init_head_from_data, train, train_one_epoch)
 
@@ -28,6 +28,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "BatchContext",
     "ATTACKS",
     "AttackError",
     "CertifyConfig",

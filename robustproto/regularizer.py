@@ -8,7 +8,7 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["RegularizedModel", "Regularizer", "StepContext"]
+__all__ = ["BatchContext", "RegularizedModel", "Regularizer", "StepContext"]
 
 
 @runtime_checkable
@@ -63,6 +63,26 @@ class RegularizedModel(Protocol):
 
 
 @dataclass(frozen=True)
+class BatchContext:
+    """What a regularizer sees of a training batch before the step's forward pass (``prepare_batch``).
+
+    Attributes:
+        x: the batch, images in [0, 1].
+        y: the labels.
+        model: the :class:`~robustproto.ProtoModel` (unwrapped from DDP), seen through
+            :class:`RegularizedModel`.
+        step: the global optimiser step.
+        epoch: epochs done, fractional within an epoch (``epoch + batches done / batches per epoch``).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    model: RegularizedModel
+    step: int
+    epoch: float
+
+
+@dataclass(frozen=True)
 class StepContext:
     """What a regularizer sees of one training step.
 
@@ -114,12 +134,27 @@ class Regularizer(nn.Module):
       ``accelerator.prepare`` (e.g. to create power-iteration buffers).
     - ``metrics() -> dict[str, float]`` (optional): logged per epoch as
       ``reg/<name>/<key>``, beside the mean penalty logged as ``reg/<name>``.
+    - ``prepare_batch(batch: BatchContext) -> tensor | None`` (optional): called first in
+      each step, for every regularizer in order, inside the step's autocast, before any
+      ``extra_inputs``. It may compute images from the batch (an attack, say) and stash them
+      for its ``extra_inputs``. When it returns images, they REPLACE ``x`` in the step: the
+      head's loss, the scores and every regularizer's ``ctx.x``/``extra_inputs(x)`` are on
+      them (detached; made to require grad when a regularizer ``needs_input_grad``). Only a
+      regularizer with ``replaces_inputs = True`` may return images, and at most one per run
+      may declare it (a ``UsageError`` at setup otherwise).
+    - ``replaces_inputs: bool`` (class or instance attribute, default ``False``): see above.
+    - ``clean_weight: float`` (class or instance attribute, default ``1.0``): the weight of
+      the head's loss on the step's batch (the replaced one, if a regularizer replaced it);
+      the core multiplies that loss by the product of every regularizer's ``clean_weight``, and
+      leaves it out of the objective exactly when the product is 0 (it is still logged).
 
     Penalties should be computed in float32 (disable autocast around the
     arithmetic that needs it).
     """
 
     needs_input_grad: bool = False
+    replaces_inputs: bool = False
+    clean_weight: float = 1.0
 
     def __init__(self, **options: Any):
         super().__init__()
@@ -129,6 +164,10 @@ class Regularizer(nn.Module):
     def penalty(self, ctx: StepContext) -> torch.Tensor:  # pragma: no cover - abstract
         """The weighted penalty of one step (a scalar tensor), added to the head's loss as is."""
         raise NotImplementedError(f"{type(self).__name__} must implement penalty(ctx)")
+
+    def prepare_batch(self, batch: BatchContext) -> torch.Tensor | None:
+        """Images that replace the step's batch (only with ``replaces_inputs``), or ``None``; the default: none."""
+        return None
 
     def extra_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
         """More images to embed in the same backbone call as ``x`` (their embeddings arrive as ``ctx.extra_z``); the default: none."""

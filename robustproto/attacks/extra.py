@@ -25,8 +25,12 @@ Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES = ("ce", "margin")
 
 
-def attack_loss(scores: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+def attack_loss(scores: torch.Tensor, y: torch.Tensor, loss: str | Callable[[torch.Tensor, torch.Tensor],
+                                                                           torch.Tensor]) -> torch.Tensor:
     """The quantity a gradient attack ascends, summed over the batch, in float32.
+
+    ``loss`` may also be a callable ``loss(scores, y) -> scalar``, called on the float32 scores (e.g. the KL
+    divergence TRADES ascends, :mod:`plugins.regularizers.adversarial`).
 
     ``"ce"``: softmax cross-entropy (mean, as torchattacks computes it). ``"margin"``: the best other
     score minus the true one, ``max_{j≠y} s_j − s_y`` (Carlini & Wagner's margin without κ). Prototype
@@ -35,6 +39,8 @@ def attack_loss(scores: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tenso
     change when the scores are multiplied by a constant, so a margin attack measures robustness, not scale.
     """
     scores = scores.float()
+    if callable(loss):
+        return loss(scores, y)
     if loss == "ce":
         return nn.functional.cross_entropy(scores, y)
     if loss == "margin":
@@ -71,7 +77,8 @@ def _torchattacks_classes() -> dict[str, type]:
             super().__init__("GradientAttack", model)
             if norm not in NORMS:
                 raise UsageError(f"norm: '{norm}' is not one of {', '.join(NORMS)}")
-            attack_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), loss)  # reject a bad loss now
+            if not callable(loss):
+                attack_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), loss)  # reject a bad loss now
             self.eps, self.norm, self.steps, self.random_start = float(eps), norm, int(steps), bool(random_start)
             self.alpha = float(eps if alpha is None else alpha)
             self.decay, self.loss = float(decay), loss
@@ -144,11 +151,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def gradient_attack(model: nn.Module, eps: float, norm: str = "Linf", loss: str = "ce", **settings) -> Attack:
+def gradient_attack(model: nn.Module, eps: float, norm: str = "Linf", loss: str | Callable = "ce",
+                    **settings) -> Attack:
     """The loss-aware :class:`GradientAttack` (``settings``: ``alpha``, ``steps``, ``random_start``, ``decay``);
     ``loss="ce+margin"`` runs both, margin first, and keeps per point whichever fools the model (the CE run only
-    on the points the margin run left)."""
-    losses = loss.split("+")
+    on the points the margin run left); a callable ``loss(scores, y)`` is ascended as it is."""
+    losses = [loss] if callable(loss) else loss.split("+")
     runs = [_torchattacks_classes()["GradientAttack"](model, eps, norm=norm, loss=part, **settings)
             for part in reversed(losses)]
     return runs[0] if len(runs) == 1 else _FirstSuccess(model, runs)

@@ -25,7 +25,7 @@ from ..registry import create_regularizer
 from ..regularizer import Regularizer
 from ..utils import describe_error, eval_mode, model_device
 from .optim import create_optimizer, create_scheduler
-from .step import TrainStep
+from .step import TrainStep, check_replaces_inputs
 
 __all__ = ["PreparedRun", "build_model", "create_regularizers", "init_head_from_data", "load_data",
            "load_pretrained_backbone", "prepare_run"]
@@ -158,6 +158,7 @@ def create_regularizers(cfg: TrainConfig, model: ProtoModel) -> dict[str, Regula
     if len(set(names)) != len(names):
         raise UsageError(f"reg: each regularizer may be given once, got {names}")
     regs = {name: create_regularizer(name, **opts) for name, opts in cfg.reg}
+    check_replaces_inputs(regs)
     for reg in regs.values():
         reg.attach(model)
     return regs

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from ..errors import NonFiniteLossError
-from ..regularizer import Regularizer, StepContext
+from ..errors import NonFiniteLossError, UsageError
+from ..regularizer import BatchContext, Regularizer, StepContext
 
 if TYPE_CHECKING:
     from ..model import ProtoModel
 
-__all__ = ["EpochResult", "Losses", "TrainStep", "compute_losses", "epoch_sums", "train_one_epoch"]
+__all__ = ["EpochResult", "Losses", "TrainStep", "check_replaces_inputs", "clean_weight", "compute_losses",
+           "epoch_sums", "prepare_batch", "train_one_epoch"]
 
 
 class TrainStep(nn.Module):
@@ -50,21 +51,69 @@ class TrainStep(nn.Module):
 
 
 class Losses(NamedTuple):
-    """What :func:`compute_losses` returns: the head's loss, each regularizer's penalty (by name), the scores."""
+    """What :func:`compute_losses` returns: the head's loss (unweighted), each regularizer's penalty (by name),
+    the scores, and the weight of the head's loss in the objective (the product of the regularizers'
+    ``clean_weight``)."""
 
     loss: torch.Tensor
     penalties: dict[str, torch.Tensor]
     scores: torch.Tensor
+    clean_weight: float = 1.0
 
     @property
     def total(self) -> torch.Tensor:
-        """The loss the step minimises: the head's loss plus every penalty."""
-        return self.loss + sum(self.penalties.values()) if self.penalties else self.loss
+        """The loss the step minimises: ``clean_weight`` times the head's loss (left out exactly when 0) plus every
+        penalty."""
+        terms = list(self.penalties.values())
+        if self.clean_weight != 0:
+            terms.insert(0, self.loss if self.clean_weight == 1 else self.clean_weight * self.loss)
+        if not terms:
+            return self.loss * 0.0  # nothing to minimise, but backward still works
+        return sum(terms[1:], terms[0])
+
+
+def clean_weight(regs: dict[str, Regularizer]) -> float:
+    """The weight of the head's loss: the product of every regularizer's ``clean_weight``."""
+    return math.prod(float(getattr(r, "clean_weight", 1.0)) for r in regs.values())
+
+
+def check_replaces_inputs(regs: dict[str, Regularizer]) -> None:
+    """A :class:`~robustproto.errors.UsageError` when more than one regularizer declares ``replaces_inputs``."""
+    replacing = [n for n, r in regs.items() if getattr(r, "replaces_inputs", False)]
+    if len(replacing) > 1:
+        raise UsageError(f"reg: at most one regularizer may replace the training batch (replaces_inputs), got "
+                         f"{', '.join(replacing)}; use one of them, or one with clean_weight > 0 "
+                         "(adversarial examples as extra inputs)")
+
+
+def prepare_batch(model: "ProtoModel", regs: dict[str, Regularizer], x: torch.Tensor, y: torch.Tensor, step: int,
+                  epoch: float) -> torch.Tensor:
+    """Call every regularizer's ``prepare_batch`` in order; the batch the step trains on (``x``, or the images the
+    regularizer with ``replaces_inputs`` returned, detached)."""
+    batch = BatchContext(x=x, y=y, model=model, step=step, epoch=float(epoch))
+    replaced = None
+    for name, reg in regs.items():
+        hook = getattr(reg, "prepare_batch", None)
+        images = hook(batch) if hook is not None else None
+        if images is None:
+            continue
+        if not getattr(reg, "replaces_inputs", False) or replaced is not None:
+            raise RuntimeError(f"regularizer '{name}' returned images from prepare_batch but does not declare "
+                               "replaces_inputs = True (or another one replaced the batch already)")
+        if images.shape != x.shape:
+            raise RuntimeError(f"regularizer '{name}': prepare_batch returned shape {tuple(images.shape)}, the batch "
+                               f"has {tuple(x.shape)}")
+        replaced = images.detach().to(x.dtype)
+    return x if replaced is None else replaced
 
 
 def compute_losses(step_module: nn.Module, model: "ProtoModel", regs: dict[str, Regularizer], x: torch.Tensor,
-                   y: torch.Tensor, step: int, accelerator) -> Losses:
+                   y: torch.Tensor, step: int, accelerator, epoch: float = 0.0) -> Losses:
     """The forward pass of one training step, under ``accelerator.autocast()``.
+
+    First every regularizer's ``prepare_batch`` (see :func:`prepare_batch`); when one replaces the batch, the rest
+    of the step (head loss, scores, ``extra_inputs``, ``ctx.x``) is on the replacement, which requires grad when a
+    regularizer ``needs_input_grad``.
 
     Args:
         step_module: a :class:`TrainStep` of ``model``, as prepared by Accelerate (possibly DDP-wrapped).
@@ -72,11 +121,17 @@ def compute_losses(step_module: nn.Module, model: "ProtoModel", regs: dict[str, 
         regs: the regularizers by name; each one's ``extra_inputs(x)`` is embedded in the same backbone call.
         x, y: the batch (``x`` must already require grad if a regularizer set ``needs_input_grad``).
         step: the global optimiser step, passed on as ``ctx.step``.
+        epoch: epochs done, fractional within an epoch, passed on to ``prepare_batch``.
 
-    Returns :class:`Losses`: ``loss`` (the head's ``loss(z, scores, y)``), ``penalties`` (each regularizer's
+    Returns :class:`Losses`: ``loss`` (the head's ``loss(z, scores, y)``, unweighted; ``clean_weight`` is the
+    product of the regularizers' ``clean_weight``), ``penalties`` (each regularizer's
     ``penalty`` on a :class:`~robustproto.StepContext`, keyed and ordered like ``regs``) and ``scores``; all on
     the one graph of this forward pass, so ``Losses.total`` can be backpropagated once.
     """
+    with accelerator.autocast():
+        prepared = prepare_batch(model, regs, x, y, step, epoch)
+    if prepared is not x:
+        x = prepared.requires_grad_(True) if any(r.needs_input_grad for r in regs.values()) else prepared
     extras = {n: r.extra_inputs(x) for n, r in regs.items()}
     with accelerator.autocast():
         z, scores, extra_z = step_module(x, [e for e in extras.values() if e is not None])
@@ -88,7 +143,7 @@ def compute_losses(step_module: nn.Module, model: "ProtoModel", regs: dict[str, 
                                      model=model, step=step))
             for n, r in regs.items()
         }
-    return Losses(loss, penalties, scores)
+    return Losses(loss, penalties, scores, clean_weight(regs))
 
 
 def epoch_sums(regs: Iterable[str]) -> dict[str, float]:
@@ -158,10 +213,16 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
         batches.set_epoch(epoch)  # Accelerate's loaders pass their own epoch count on to our sampler
     batches_done, stopped = resume_at, False
     started, seconds_before = time.perf_counter(), sums["seconds"]
+    check_replaces_inputs(regs)
+    try:
+        per_epoch = len(loader)
+    except TypeError:  # an iterable without a length: whole epochs only
+        per_epoch = 0
     for x, y in batches:
         if needs_input_grad:
             x.requires_grad_(True)
-        losses = compute_losses(step_module, model, regs, x, y, global_step, accelerator)
+        done = epoch + (batches_done / per_epoch if per_epoch else 0.0)
+        losses = compute_losses(step_module, model, regs, x, y, global_step, accelerator, epoch=done)
         terms = torch.stack([losses.loss.detach().float(), *(p.detach().float() for p in losses.penalties.values())])
         flags = torch.tensor([float(not torch.isfinite(terms).all()), float(bool(should_stop and should_stop()))],
                              device=accelerator.device)

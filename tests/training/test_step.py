@@ -10,6 +10,7 @@ from robustproto.checkpoint import weights_sha256
 from robustproto.data import load_split
 from robustproto.errors import NonFiniteLossError
 from robustproto.registry import create_regularizer
+from robustproto.regularizer import Regularizer
 from robustproto.training import TrainStep, build_model, compute_losses, train_one_epoch
 
 
@@ -109,3 +110,82 @@ def test_train_one_epoch_stops_at_a_non_finite_loss_before_updating_the_weights(
                                                                           for p in model.parameters()]))
     (kept,) = after_step_1  # one step was taken; the failing step's forward left every parameter as it was
     assert all(torch.equal(a, b) for a, b in zip(kept, model.parameters())) and model.head.steps.item() == 1
+
+
+# --- prepare_batch, replaces_inputs and clean_weight -----------------------------------------------------------
+
+class Flipper(Regularizer):
+    """Replaces the batch by its mirror image; records the BatchContexts it saw; penalty 0.1·mean z²."""
+
+    replaces_inputs = True
+
+    def __init__(self, clean_weight=1.0, replace=True):
+        super().__init__()
+        self.clean_weight, self.replace, self.seen, self.ctx_x = clean_weight, replace, [], []
+
+    def prepare_batch(self, batch):
+        self.seen.append(batch)
+        return batch.x.flip(-1) if self.replace else None
+
+    def penalty(self, ctx):
+        self.ctx_x.append(ctx.x)
+        return 0.1 * ctx.z.float().pow(2).mean()
+
+
+def test_a_regularizer_that_replaces_the_batch_moves_the_whole_step_onto_it(testkit, tmp_path, accelerator):
+    model, x, y = model_and_batch(tmp_path, 8)
+    model.eval()
+    flipper, probe = Flipper(), create_regularizer("probe", weight=0.5, input_grad=True)
+    losses = compute_losses(TrainStep(model), model, {"flip": flipper, "probe": probe}, x, y, 7, accelerator,
+                            epoch=1.5)
+    (batch,) = flipper.seen
+    assert batch.x is x and batch.y is y and batch.model is model and (batch.step, batch.epoch) == (7, 1.5)
+    with torch.no_grad():
+        z = model.embed(x.flip(-1))
+        assert torch.allclose(losses.loss, model.head.loss(z, model.head(z), y), atol=1e-5)
+        assert torch.allclose(losses.scores, model.head(z), atol=1e-5)
+        # the probe's extra inputs are the mirror of the replaced batch: the clean batch itself
+        assert torch.allclose(losses.penalties["probe"], 0.5 * (z - model.embed(x)).pow(2).sum(1).mean(), rtol=1e-4)
+    assert torch.equal(flipper.ctx_x[0], x.flip(-1)) and flipper.ctx_x[0].requires_grad  # probe needs input grad
+    assert probe.input_grad == 1 and losses.clean_weight == 1.0
+
+
+def test_clean_weight_scales_the_head_loss_and_zero_drops_it_exactly(testkit, tmp_path, accelerator):
+    model, x, y = model_and_batch(tmp_path, 8)
+    model.eval()
+    step = TrainStep(model)
+    plain = compute_losses(step, model, {"probe": create_regularizer("probe")}, x, y, 0, accelerator)
+    half = compute_losses(step, model, {"a": Flipper(0.5, replace=False), "probe": create_regularizer("probe")},
+                          x, y, 0, accelerator)
+    assert half.clean_weight == 0.5 and torch.allclose(half.loss, plain.loss)
+    assert torch.allclose(half.total, 0.5 * half.loss + sum(half.penalties.values()))
+    zero = compute_losses(step, model, {"a": Flipper(0.0, replace=False), "b": Flipper(3.0, replace=False)}, x, y, 0,
+                          accelerator)
+    assert zero.clean_weight == 0.0 and float(zero.loss.detach()) > 0
+    assert torch.equal(zero.total, zero.penalties["a"] + zero.penalties["b"])  # no 0·loss term at all
+    params = [p for p in model.head.parameters()]
+    grads = torch.autograd.grad(zero.total, params, allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)  # the head only sees the (dropped) head loss
+
+
+def test_only_one_regularizer_may_replace_the_batch_and_only_if_it_declares_it(testkit, tmp_path, accelerator):
+    from robustproto.errors import UsageError
+    from robustproto.training.step import check_replaces_inputs
+
+    with pytest.raises(UsageError, match="at most one regularizer may replace.*a, b"):
+        check_replaces_inputs({"a": Flipper(), "b": Flipper(), "probe": create_regularizer("probe")})
+    check_replaces_inputs({"a": Flipper(), "probe": create_regularizer("probe")})
+    model, x, y = model_and_batch(tmp_path, 4)
+    sneaky = Flipper()
+    sneaky.replaces_inputs = False
+    with pytest.raises(RuntimeError, match="does not declare replaces_inputs"):
+        compute_losses(TrainStep(model), model, {"sneaky": sneaky}, x, y, 0, accelerator)
+
+
+def test_train_one_epoch_hands_prepare_batch_the_fractional_epoch(testkit, tmp_path, accelerator):
+    model, x, y = model_and_batch(tmp_path, 24)
+    batches = list(zip(x.split(8), y.split(8)))
+    flipper = Flipper(replace=False)
+    train_one_epoch(TrainStep(model), model, {"f": flipper}, batches, torch.optim.SGD(model.parameters(), lr=0.01),
+                    accelerator, epoch=2, global_step=4)
+    assert [(b.step, b.epoch) for b in flipper.seen] == [(4, 2.0), (5, 2 + 1 / 3), (6, 2 + 2 / 3)]
