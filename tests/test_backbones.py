@@ -20,6 +20,8 @@ BACKBONES = {
     "kp_cnn_mnist": ((1, 28, 28), 16, MNIST),
     "kp_cnn_cifar": ((3, 32, 32), 64, CIFAR),
     "resnet18_cifar": ((3, 32, 32), 512, CIFAR),
+    "madry_cnn_mnist": ((1, 28, 28), 1024, PIXELS),
+    "preact_resnet18_cifar": ((3, 32, 32), 512, CIFAR),
 }
 
 
@@ -105,3 +107,46 @@ def test_resnet18_cifar_stem():
     assert reference.forward_features(x).shape == (2, 512, 1, 1)
     assert sum(p.numel() for p in model.layer1.parameters()) == sum(p.numel() for p in reference.layer1.parameters())
     assert [info["reduction"] for info in model.feature_info] == [1, 1, 2, 4, 8]
+
+
+# the adversarial-training backbones: (input shape, features, parameters with a 10-class linear layer, tolerance)
+ADVERSARIAL_TRAINING = {
+    "madry_cnn_mnist": ((1, 28, 28), 1024, 3.3e6, 0.05),  # Madry et al.'s MNIST challenge CNN: 3,274,634
+    "preact_resnet18_cifar": ((3, 32, 32), 512, 11.2e6, 0.02),  # Wong et al.'s / Rice et al.'s PreActResNet18
+}
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL_TRAINING)
+def test_adversarial_training_backbones_through_wrap(name):
+    shape, features, params, tolerance = ADVERSARIAL_TRAINING[name]
+    model = robustproto.wrap(name, head="linear", num_classes=10, in_chans=shape[0]).eval()
+    assert model.embed_dim == features
+    x = torch.rand(2, *shape)
+    assert model.embed(x).shape == (2, features) and model(x).shape == (2, 10)
+    assert abs(sum(p.numel() for p in model.parameters()) - params) <= tolerance * params
+
+
+def test_madry_cnn_follows_the_paper():
+    model = timm.create_model("madry_cnn_mnist", num_classes=0)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(5, 5)] * 2 and [c.out_channels for c in convs] == [32, 64]
+    assert [c.padding for c in convs] == [(2, 2)] * 2  # "SAME": 28 → 14 → 7 after the two max-pools
+    assert model.embed.in_features == 7 * 7 * 64 and model.embed.out_features == 1024
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert (model(torch.rand(4, 1, 28, 28)) >= 0).all()  # the features are the ReLU of the 1024-unit layer
+    # kp_cnn_mnist is unchanged by the options madry_cnn_mnist uses
+    assert isinstance(timm.create_model("kp_cnn_mnist", num_classes=0).embed_act, nn.Identity)
+
+
+def test_preact_resnet18_blocks_and_lipschitz_bound():
+    model = timm.create_model("preact_resnet18_cifar", num_classes=0)
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    assert [len(s) for s in stages] == [2, 2, 2, 2]
+    assert [s[0].conv1.stride for s in stages] == [(1, 1), (2, 2), (2, 2), (2, 2)]
+    assert [s[0].shortcut is None for s in stages] == [True, False, False, False]
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    # pre-activation: a block's first module is its BatchNorm, applied to the sum of the previous block
+    assert isinstance(next(iter(model.layer2[0].children())), nn.BatchNorm2d)
+    wrapped = robustproto.wrap(model, head="linear", num_classes=10).eval()
+    bound = robustproto.lipschitz_upper_bound(wrapped, (3, 32, 32))  # loose: pre-conv BatchNorms are not folded
+    assert 0 < bound < float("inf")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -20,9 +21,16 @@ import robustproto
 from robustproto.config import load_recipe, resolve_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
-PAPERS = {"saralajew": "Saralajew", "khalid": "Khalid & Paaßen", "serban": "Serban", "hein": "Hein & Andriushchenko"}
-# the issue's experiments: 6 + 8 + 2 + 4
-EXPECTED = {"saralajew": 6, "khalid": 8, "serban": 2, "hein": 4}
+PAPERS = {"saralajew": "Saralajew", "khalid": "Khalid & Paaßen", "serban": "Serban", "hein": "Hein & Andriushchenko",
+          # issue 12, adversarial training: Madry's and Khalid & Paaßen's MNIST CNNs, Wong, Rice, Zhang on CIFAR-10,
+          # robustness tuning of a pretrained timm model
+          "madry": "Madry", "kp": "Khalid & Paaßen", "wong": "Wong", "rice": "Rice", "zhang": "Zhang",
+          "finetune": "Madry"}
+# the issue's experiments: 6 + 8 + 2 + 4; issue 12: {madry, kp} × {linear, glvq} × {pgd-at, trades, fgsm-rs},
+# Wong, Rice, Zhang, the fine-tuning recipe and Serban's repulsive head with PGD-AT
+EXPECTED = {"saralajew": 6, "khalid": 8, "serban": 3, "hein": 4,
+            "madry": 6, "kp": 6, "wong": 1, "rice": 1, "zhang": 1, "finetune": 1}
+ADVERSARIAL_TRAINING = ("pgd-at", "fgsm-rs", "trades")
 STEP = 8  # samples per smoke run: one optimiser step of this batch size
 
 
@@ -68,7 +76,8 @@ def test_recipe_eval_table_is_what_eval_and_certify_run(path):
         assert {"deepfool", "fgm", "pgd-l2", "fgsm", "bim", "mim"} <= {n for v in settings.attacks.values() for n in v}
         assert settings.bisection_steps > 0  # Table 1's median-δ of the fixed-budget attacks
     if paper == "serban":
-        assert set(settings.attacks["Linf"]) == {"pgd-20", "pgd-100", "autoattack"}
+        extra = {"square"} if path.stem.endswith("-pgd-at") else set()  # issue 12's protocol beside the paper's
+        assert set(settings.attacks["Linf"]) == {"pgd-20", "pgd-100", "autoattack"} | extra
         assert min(settings.eps["Linf"]) == 8 / 255 and max(settings.eps["Linf"]) == 16 / 255
     if paper == "hein":
         assert table["certify"] == {"norm": "L2", "n_samples": 10000}
@@ -78,6 +87,20 @@ def test_recipe_eval_table_is_what_eval_and_certify_run(path):
         # the paper's CE-FGSM beside FGSM on the scale-free margin
         assert settings.attacks == {"Linf": ("fgsm@ce", "fgsm@margin")} and settings.eps["Linf"][1] == 0.001
         assert max(settings.eps["Linf"]) == top
+    adversarial = [(name, opts) for name, opts in resolve_config(recipe).reg if name in ADVERSARIAL_TRAINING]
+    if paper in ("madry", "kp", "wong", "rice", "zhang", "finetune"):
+        assert len(adversarial) == 1, "an adversarial-training recipe trains with one of pgd-at, fgsm-rs, trades"
+    if adversarial:
+        # issue 12's protocol: PGD-20 (its default loss), standard AutoAttack and Square at the training ε and norm
+        (name, opts), = adversarial
+        reg = robustproto.create_regularizer(name, **opts)
+        pgd = {"Linf": "pgd-20", "L2": "pgd-l2-20"}[reg.norm]
+        assert {pgd, "autoattack", "square"} <= set(settings.attacks[reg.norm]), path.stem
+        assert any(math.isclose(eps, reg.eps) for eps in settings.eps[reg.norm]), (path.stem, reg.eps)
+        assert settings.attack_options == {}  # AutoAttack's 100 steps, Square's 5000 queries: the defaults
+        assert settings.bisection_steps == 0
+        assert ({"madry": 0.3, "kp": 0.3, "rice": 0.5}.get(paper, 8 / 255), reg.norm) == \
+            (reg.eps, "L2" if paper == "rice" else "Linf")
 
 
 def _fake_image_folder(root: Path, num_classes: int) -> Path:
@@ -91,9 +114,23 @@ def _fake_image_folder(root: Path, num_classes: int) -> Path:
     return root
 
 
+def _random_backbone_weights(backbone: str, path: Path) -> Path:
+    """A randomly initialised timm backbone saved with safetensors: stands in for the pretrained weights a recipe
+    names (no download)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    save_file(timm.create_model(backbone, pretrained=False).state_dict(), str(path))
+    return path
+
+
 def _smoke_overrides(cfg: robustproto.TrainConfig, tmp_path: Path) -> dict:
     small = {"epochs": 1, "warmup_epochs": 0, "batch_size": STEP, "max_train_samples": STEP, "max_test_samples": STEP,
              "init_samples": STEP, "output": str(tmp_path / "run")}
+    if cfg.pretrained_weights:  # a file the user supplies: random weights of the same architecture
+        small["pretrained_weights"] = str(_random_backbone_weights(cfg.backbone, tmp_path / "weights.safetensors"))
+    if cfg.img_size and cfg.img_size > 32:  # the fake images are 32×32: no upsampling (only the data shrinks)
+        small["img_size"] = 32
     if cfg.dataset == "mnist":
         return {**small, "dataset": "mnist-small"}
     classes = {"cifar10": 10, "cifar100": 100}[cfg.dataset]
@@ -124,3 +161,26 @@ def test_recipe_trains_one_step(path, tmp_path):
     assert record["epoch"] == 1 and math.isfinite(record["train_loss"])
     for name, _ in recipe.reg:
         assert math.isfinite(record[f"reg/{name}"])
+
+
+def test_finetune_recipe_loads_local_weights_and_freezes_the_backbone(tmp_path):
+    """``finetune-resnet18-pgd-at``: the backbone starts from the local safetensors file (here a randomly initialised
+    resnet18, no download) and stays as loaded during the frozen first epoch while the head trains on PGD examples."""
+    from safetensors.torch import load_file
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "finetune-resnet18-pgd-at.toml"
+    recipe = resolve_config(load_recipe(path))
+    assert recipe.backbone == "resnet18" and recipe.pretrained_weights.endswith(".safetensors")
+    assert 1 <= recipe.freeze_backbone_epochs < recipe.epochs and [n for n, _ in recipe.reg] == ["pgd-at"]
+    cfg = recipe.replace(**_smoke_overrides(recipe, tmp_path))  # one epoch: the frozen one
+    assert cfg.pretrained_weights == str(tmp_path / "weights.safetensors") and cfg.freeze_backbone_epochs == 1
+    before = robustproto.wrap("resnet18", head="linear", num_classes=10)  # what the run builds before loading
+    robustproto.train(cfg)
+    saved = load_file(cfg.pretrained_weights)
+    backbone = robustproto.load(cfg.output).backbone.state_dict()
+    assert set(backbone) == {k for k in saved if not k.startswith("fc.")}
+    for key, value in backbone.items():  # parameters and BatchNorm statistics as loaded: frozen, eval mode
+        assert torch.equal(value, saved[key]), key
+    assert not torch.equal(before.backbone.conv1.weight, saved["conv1.weight"])  # the file, not a fresh init
+    (record,) = [json.loads(line) for line in (Path(cfg.output) / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(record["train_loss"]) and record["reg/pgd-at/eps"] == 8 / 255

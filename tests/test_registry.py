@@ -221,7 +221,8 @@ def test_backbone_entry_points_are_named_after_the_models_they_register(monkeypa
     assert robustproto.create_backbone("test_resnet").num_features > 0  # a timm model: no plugin imported
     assert len(imported) == 1
     described = fresh.describe()
-    assert set(described) == {"flatten", "mlp", "kp_cnn_mnist", "kp_cnn_cifar", "resnet18_cifar"}
+    assert set(described) == {"flatten", "mlp", "kp_cnn_mnist", "kp_cnn_cifar", "madry_cnn_mnist", "resnet18_cifar",
+                              "preact_resnet18_cifar"}
     assert sorted(imported) == sorted(f"robustproto_plugins.backbones.{m}"
                                       for m in ("small_cnn", "flatten", "mlp", "resnet_cifar"))
     for name, info in described.items():

@@ -29,9 +29,15 @@ def reproduce():
 
 @pytest.fixture
 def data_dir(tmp_path):
-    """A data folder that has every dataset the recipes name (CIFAR in torchvision's layout, so nothing unpacks)."""
+    """A data folder that has every dataset the recipes name (CIFAR in torchvision's layout, so nothing unpacks) and
+    every pretrained-weights file they name (empty: nothing is trained here)."""
     for name in ("MNIST", "cifar-10-batches-py", "cifar-100-python"):
         (tmp_path / name).mkdir()
+    for path in RECIPES:
+        weights = resolve_config(load_recipe(path)).pretrained_weights
+        if weights:
+            (tmp_path / weights).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / weights).touch()
     return tmp_path
 
 
@@ -42,8 +48,10 @@ def test_full_scale_runs_the_recipe_as_written(reproduce, data_dir, tmp_path, pa
     assert changes == {} and table == dict(recipe.eval)
     as_written = recipe.to_dict()
     differing = {k for k, v in cfg.to_dict().items() if as_written[k] != v}
-    assert differing == {"data_dir", "output"}
+    assert differing == {"data_dir", "output"} | ({"pretrained_weights"} if recipe.pretrained_weights else set())
     assert cfg.data_dir == str(data_dir) and cfg.output == str(tmp_path / "runs" / path.stem)
+    if recipe.pretrained_weights:  # the recipe's relative path, found under --data-dir
+        assert cfg.pretrained_weights == str(data_dir / recipe.pretrained_weights)
 
 
 def test_small_scale_shrinks_every_recipe_into_a_valid_protocol(reproduce, data_dir, tmp_path):
@@ -57,7 +65,7 @@ def test_small_scale_shrinks_every_recipe_into_a_valid_protocol(reproduce, data_
         assert cfg.epochs < recipe.epochs and cfg.max_train_samples, path.stem
         for key, value in changes.items():  # every change is applied, and listed in the report
             if not key.startswith("eval."):
-                assert getattr(cfg, key) == value
+                assert cfg.to_dict()[key] == value, (path.stem, key)
         # which attacks run may change, never their strength (steps, restarts, queries)
         assert settings.attack_options == as_written.attack_options
     assert reproduce.SMALL == shared_table  # planning one recipe never changes another's
@@ -74,3 +82,63 @@ def test_reports_name_no_folder_of_the_machine(reproduce, tmp_path):
     text = md.read_text() + (tmp_path / "results" / "reproduction_small.json").read_text()
     assert str(tmp_path) not in text and str(reproduce.ROOT) not in text
     assert "--data-dir" in text
+
+
+ADVERSARIAL = [p for p in RECIPES if p.stem.split("-")[0] in ("madry", "kp", "wong", "rice", "zhang", "finetune")
+               or p.stem.endswith("-pgd-at")]
+
+
+def test_adversarial_training_recipes_have_their_own_small_families(reproduce, data_dir, tmp_path):
+    assert len(ADVERSARIAL) == 17  # 12 on MNIST, Wong, Rice, Zhang, the fine-tuning one, Serban with PGD-AT
+    for path in ADVERSARIAL:
+        assert reproduce.is_adversarial(path.stem) and reproduce.family(path.stem) in reproduce.SMALL, path.stem
+        cfg, changes, table = reproduce.plan_experiment(path, "small", data_dir, tmp_path / "runs")
+        settings = EvalConfig.resolve(table)
+        norm = reproduce.training_budget(cfg.to_dict())[1]
+        assert "autoattack" not in settings.attacks[norm] and "square" in settings.attacks[norm], path.stem
+        assert settings.n_samples <= 200
+        # the small run still trains at the recipe's ε (warm-ups shortened, never the budget)
+        assert reproduce.training_budget(cfg.to_dict()) == \
+            reproduce.training_budget(resolve_config(load_recipe(path)).to_dict())
+    # the earlier papers keep their families
+    assert [reproduce.family(n) for n in ("serban-cifar10-repulsive", "khalid-mnist-glvq", "hein-mnist-mlp-none")] \
+        == ["serban", "khalid-mnist", "hein"]
+    assert not reproduce.is_adversarial("serban-cifar10-repulsive")
+
+
+def test_missing_pretrained_weights_skip_the_recipe(reproduce, tmp_path):
+    for name in ("MNIST", "cifar-10-batches-py"):
+        (tmp_path / name).mkdir()
+    path = ROOT / "recipes" / "finetune-resnet18-pgd-at.toml"
+    if (ROOT / resolve_config(load_recipe(path)).pretrained_weights).is_file():
+        pytest.skip("this checkout holds the weights file")
+    skipped = reproduce.plan_experiment(path, "small", tmp_path, tmp_path / "runs")
+    assert isinstance(skipped, reproduce.Outcome) and "pretrained weights" in skipped.skipped
+
+
+def test_adversarial_section_and_summary(reproduce, tmp_path):
+    def outcome(name, eps, norm, accuracies):
+        report = {"results": [{"attack": a, "eps": eps, "robust_accuracy": acc} for a, acc in accuracies.items()]}
+        recipe = resolve_config(load_recipe(ROOT / "recipes" / f"{name}.toml"))
+        return reproduce.Outcome(name, "small", recipe.to_dict(), changes={"epochs": 1}, test_acc=0.9, report=report)
+
+    outcomes = {
+        "madry-mnist-linear-pgd-at": outcome("madry-mnist-linear-pgd-at", 0.3, "Linf",
+                                             {"pgd-20": 0.5, "autoattack": 0.4, "square": 0.6}),
+        "rice-cifar10-preact-pgd-at-l2": outcome("rice-cifar10-preact-pgd-at-l2", 0.5, "L2",
+                                                 {"pgd-l2-20": 0.3, "square": 0.5}),
+        "serban-cifar10-repulsive-pgd-at": outcome("serban-cifar10-repulsive-pgd-at", 8 / 255, "Linf",
+                                                   {"pgd-20": 0.2}),
+    }
+    rows = {(n, q): (paper, ours) for n, q, paper, ours, _ in reproduce.adversarial_rows(outcomes)}
+    assert rows[("madry-mnist-linear-pgd-at", "AutoAttack at the training ε")] == (0.885, 0.4)
+    assert rows[("madry-mnist-linear-pgd-at", "PGD-20 at the training ε")][1] == 0.5
+    assert rows[("rice-cifar10-preact-pgd-at-l2", "PGD-20 at the training ε")][1] == 0.3  # pgd-l2-20 in L2
+    assert rows[("rice-cifar10-preact-pgd-at-l2", "AutoAttack at the training ε")] == (0.6768, "not run at this scale")
+    assert rows[("serban-cifar10-repulsive-pgd-at", "AutoAttack at the training ε")][0] == "none compared"
+    summary = {row[0]: row for row in reproduce.summary_rows(outcomes)}
+    assert summary["madry-mnist-linear-pgd-at"][1:] == ("98.5 %", "90.0 %", "AutoAttack at the training ε",
+                                                        "88.5 %", "40.0 %")
+    args = type("Args", (), {"results": tmp_path / "results", "scale": "small", "data_dir": tmp_path})()
+    text = reproduce.write_results(list(outcomes.values()), args).read_text()
+    assert "## Adversarial training" in text and "AutoAttack is left out for time" in text
