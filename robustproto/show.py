@@ -137,7 +137,7 @@ def _plot_prototypes(model: ProtoModel, path: str | Path, data, neighbours: int,
             ax.set_title(str(classes[int(labels[p])]), fontsize=9)
         fig.suptitle("prototypes (pixel space, clipped to [0, 1])", fontsize=10)
     else:
-        device = next(model.parameters()).device
+        device = model_device(model)
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
         best_d = torch.full((len(order), neighbours), float("inf"))
         best_i = torch.zeros((len(order), neighbours), dtype=torch.long)

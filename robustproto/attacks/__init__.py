@@ -22,13 +22,13 @@ subclass ``torchattacks.Attack`` and are created on first access, so ``import ro
 from __future__ import annotations
 
 from . import extra
-from .extra import LOSSES, attack_loss, gradient_attack, perturbation_norms
+from .extra import LOSSES, attack_loss, gradient_attack, perturbation_norms, project
 from .menu import (ATTACKS, LOSS_CHOICES, STANDARD_AUTOATTACK, AttackSpec, ParsedAttack, build_attack, default_loss,
                    is_standard_autoattack, max_distance, parse_attack)
 
 __all__ = ["ATTACKS", "LOSSES", "LOSS_CHOICES", "STANDARD_AUTOATTACK", "AttackSpec", "GaussianNoise", "GradientAttack",
            "ParsedAttack", "attack_loss", "build_attack", "default_loss", "gradient_attack", "is_standard_autoattack",
-           "max_distance", "parse_attack", "perturbation_norms"]
+           "max_distance", "parse_attack", "perturbation_norms", "project"]
 
 
 def __getattr__(name: str):

@@ -18,7 +18,8 @@ from torch import nn
 from ..config import NORMS
 from ..errors import UsageError
 
-__all__ = ["LOSSES", "GaussianNoise", "GradientAttack", "attack_loss", "gradient_attack", "perturbation_norms"]
+__all__ = ["LOSSES", "GaussianNoise", "GradientAttack", "attack_loss", "gradient_attack", "perturbation_norms",
+           "project"]
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,6 +49,19 @@ def attack_loss(scores: torch.Tensor, y: torch.Tensor, loss: str | Callable[[tor
         other = scores.masked_fill(nn.functional.one_hot(y, scores.shape[1]).bool(), -math.inf).amax(1)
         return (other - true).sum()
     raise UsageError(f"loss: '{loss}' is not one of {', '.join(LOSSES)}")
+
+
+def project(images: torch.Tensor, adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """``adv`` moved onto the ε-ball around ``images`` (L∞: clipped per pixel; L2: scaled down where it is longer
+    than ε) and then into the [0, 1] box, detached; the box is convex and holds ``images``, so the result stays in
+    the ball. The projection of every step of :class:`GradientAttack` (as torchattacks' PGD and PGDL2 project)."""
+    delta = adv - images
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1)
+        delta = delta * torch.clamp(eps / norms, max=1.0).view(-1, *([1] * (delta.ndim - 1)))
+    return (images + delta).clamp(0, 1).detach()
 
 
 def perturbation_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
@@ -84,15 +98,6 @@ def _torchattacks_classes() -> dict[str, type]:
             self.decay, self.loss = float(decay), loss
             self.supported_mode = ["default"]
 
-        def _project(self, images, adv):
-            delta = adv - images
-            if self.norm == "Linf":
-                delta = delta.clamp(-self.eps, self.eps)
-            else:
-                norms = delta.flatten(1).norm(dim=1)
-                delta = delta * torch.clamp(self.eps / norms, max=1.0).view(-1, *([1] * (delta.ndim - 1)))
-            return (images + delta).clamp(0, 1).detach()
-
         def forward(self, images, labels):
             images = images.clone().detach().to(self.device)
             labels = labels.clone().detach().to(self.device)
@@ -117,7 +122,7 @@ def _torchattacks_classes() -> dict[str, type]:
                     step = grad.sign()
                 else:
                     step = grad / (grad.flatten(1).norm(dim=1) + 1e-10).view(-1, *([1] * (grad.ndim - 1)))
-                adv = self._project(images, adv.detach() + self.alpha * step)
+                adv = project(images, adv.detach() + self.alpha * step, self.eps, self.norm)
             return adv
 
     class GaussianNoise(Base):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..attacks import perturbation_norms
+from ..attacks import perturbation_norms, project
 from ..errors import AttackError, UsageError
 from ..utils import model_device
 
@@ -104,14 +104,8 @@ def verify(x: torch.Tensor, adv: torch.Tensor, eps: float | None, norm: str) -> 
         excess = torch.maximum(excess, (dist - eps).clamp_min(0))
         tol = ABS_TOL + REL_TOL * eps
         over = dist > eps
-        if over.any():  # within tolerance: back onto the ε-ball (the box is convex and holds x: stays inside)
-            delta = adv - x
-            if norm == "Linf":
-                delta = delta.clamp(-eps, eps)
-            else:
-                scale = (eps / dist.clamp_min(1e-30)).clamp(max=1.0).to(x.dtype)
-                delta = delta * _per_sample(scale, x.ndim)
-            adv = torch.where(_per_sample(over, x.ndim), (x + delta).clamp(0, 1), adv)
+        if over.any():  # within tolerance: back onto the ε-ball
+            adv = torch.where(_per_sample(over, x.ndim), project(x, adv, eps, norm), adv)
     else:
         tol = ABS_TOL
     valid = finite & (excess <= tol)

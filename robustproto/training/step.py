@@ -74,12 +74,12 @@ class Losses(NamedTuple):
 
 def clean_weight(regs: dict[str, Regularizer]) -> float:
     """The weight of the head's loss: the product of every regularizer's ``clean_weight``."""
-    return math.prod(float(getattr(r, "clean_weight", 1.0)) for r in regs.values())
+    return math.prod(float(r.clean_weight) for r in regs.values())
 
 
 def check_replaces_inputs(regs: dict[str, Regularizer]) -> None:
     """A :class:`~robustproto.errors.UsageError` when more than one regularizer declares ``replaces_inputs``."""
-    replacing = [n for n, r in regs.items() if getattr(r, "replaces_inputs", False)]
+    replacing = [n for n, r in regs.items() if r.replaces_inputs]
     if len(replacing) > 1:
         raise UsageError(f"reg: at most one regularizer may replace the training batch (replaces_inputs), got "
                          f"{', '.join(replacing)}; use one of them, or one with clean_weight > 0 "
@@ -93,11 +93,10 @@ def prepare_batch(model: "ProtoModel", regs: dict[str, Regularizer], x: torch.Te
     batch = BatchContext(x=x, y=y, model=model, step=step, epoch=float(epoch))
     replaced = None
     for name, reg in regs.items():
-        hook = getattr(reg, "prepare_batch", None)
-        images = hook(batch) if hook is not None else None
+        images = reg.prepare_batch(batch)
         if images is None:
             continue
-        if not getattr(reg, "replaces_inputs", False) or replaced is not None:
+        if not reg.replaces_inputs or replaced is not None:
             raise RuntimeError(f"regularizer '{name}' returned images from prepare_batch but does not declare "
                                "replaces_inputs = True (or another one replaced the batch already)")
         if images.shape != x.shape:
