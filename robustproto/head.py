@@ -48,6 +48,12 @@ class Head(nn.Module):
     - ``margin(z) -> (B,)``: a certified lower bound of the L2 distance, in
       embedding space, from each ``z`` to the decision boundary of the predicted
       class (used by ``robustproto certify``). Return 0 where the bound is unknown.
+    - ``class_margin(z, y) -> (B,)``: the same bound for the region of class ``y`` instead of
+      the predicted class, signed: ``> 0`` only where ``z`` is classified ``y`` with no other
+      class within that distance, ``≤ 0`` where it is not classified ``y`` (how far past the
+      boundary, where the head knows it). Differentiable in ``z`` and the head's parameters:
+      regularizers that train the certified radius (``lipschitz-margin``) hinge on it. Where
+      the predicted class is ``y`` it equals ``margin(z)``.
     - ``preferred_embed_dim(num_classes, **options) -> int | None`` (classmethod):
       the embedding size the head wants when the user gives none (a linear neck is
       then added); ``None`` keeps the backbone's feature size.
@@ -81,6 +87,7 @@ class Head(nn.Module):
     """
 
     supports_margin: bool = False
+    supports_class_margin: bool = False
     supports_init_from_data: bool = False
     supports_after_step: bool = False
     scores_affine_in_embedding: bool = False
@@ -124,6 +131,13 @@ class Head(nn.Module):
             "implements margin(z) (`robustproto plugins` lists the heads; built in: linear, glvq, gmlvq, repulsive)"
         )
 
+    def class_margin(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per ``z`` the signed certified L2 distance, in embedding space, to the boundary of class ``y``'s region (only with ``supports_class_margin``)."""
+        raise NotImplementedError(
+            f"head '{type(self).__name__}' gives no class margin; use a head that implements class_margin(z, y) "
+            "(built in: linear, glvq, gmlvq, repulsive with metric l2 or loss cosine)"
+        )
+
     def affine_map(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W, b)`` with ``forward(z) == z @ W.T + b``; only for heads with ``scores_affine_in_embedding``."""
         raise NotImplementedError(
@@ -132,7 +146,8 @@ class Head(nn.Module):
 
 
 # each optional hook of Head and the capability flag that declares it
-HOOK_CAPABILITIES = {"margin": "supports_margin", "init_from_data": "supports_init_from_data",
+HOOK_CAPABILITIES = {"margin": "supports_margin", "class_margin": "supports_class_margin",
+                     "init_from_data": "supports_init_from_data",
                      "after_step": "supports_after_step", "affine_map": "scores_affine_in_embedding"}
 # every capability flag of Head: a bool on the class (an instance may refine it, as repulsive's supports_margin)
 CAPABILITY_FLAGS = (*HOOK_CAPABILITIES.values(), "scores_are_logits")
@@ -165,16 +180,23 @@ def squared_euclidean(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return d.clamp_min(0.0)
 
 
-def affine_margin(g: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+def affine_margin(g: torch.Tensor, grad_norm: torch.Tensor, signed: bool = False) -> torch.Tensor:
     """Distance to the zero set of an affine function: ``g / ‖∇g‖`` with ``0/0 = 0``.
 
     ``g`` (B, M) are the values at ``z`` of affine functions that are positive while
     the prediction holds; ``grad_norm`` (B, M) or (M,) the norms of their gradients.
     The minimum over the M functions is returned, ``inf`` where no function
-    constrains (``‖∇g‖ = 0`` and ``g > 0``).
+    constrains (``‖∇g‖ = 0`` and ``g > 0``). Negative ``g`` count as 0 (the distance from a
+    point past the boundary), unless ``signed``: then ``g / ‖∇g‖`` is kept negative, the signed
+    distance a training penalty needs (0 where ``‖∇g‖ = 0`` and ``g ≤ 0``, so no NaN or infinite gradient).
     """
     grad_norm = grad_norm.expand_as(g)
     safe = grad_norm > 0
-    ratio = torch.where(safe, g.clamp_min(0.0) / grad_norm.clamp_min(1e-30), torch.full_like(g, float("inf")))
-    ratio = torch.where(~safe & (g <= 0), torch.zeros_like(g), ratio)
+    unconstrained = (g > 0) & (~safe | torch.isinf(g))  # e.g. a same-class prototype, masked with g = inf
+    # divide only finite values by positive ones: an unselected 0·inf in the backward pass would be a NaN
+    numerator = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
+    numerator = numerator if signed else numerator.clamp_min(0.0)
+    ratio = numerator / torch.where(safe, grad_norm, torch.ones_like(grad_norm))
+    ratio = torch.where(safe, ratio, torch.zeros_like(g))
+    ratio = torch.where(unconstrained, torch.full_like(g, float("inf")), ratio)
     return ratio.min(dim=1).values

@@ -384,3 +384,51 @@ def test_repulsive_losses_by_hand():
     offset[:, 0] = torch.tensor([0.5, 1.0])
     z = head.prototypes[y] + offset
     torch.testing.assert_close(head.loss(z, head(z), y), torch.tensor((0.25 + 1.0) / 2))
+
+
+# --- class_margin: the margin of a given class, signed, for training ----------------------------------------------
+
+CLASS_MARGIN_HEADS = [("linear", {}), ("glvq", {}), ("glvq", {"prototypes_per_class": 3}),
+                      ("gmlvq", {"prototypes_per_class": 2}), ("repulsive", {"loss": "distance"}), ("repulsive", {})]
+
+
+@pytest.mark.parametrize("name,options", CLASS_MARGIN_HEADS)
+def test_class_margin_is_the_margin_where_the_label_is_predicted_and_not_positive_elsewhere(name, options, batch):
+    head = make(name, **options)
+    z, y = batch
+    assert head.supports_class_margin
+    margin = head.class_margin(z, y)
+    right = head(z).argmax(1) == y
+    assert right.any() and (~right).any()
+    assert torch.allclose(margin[right], head.margin(z)[right], rtol=1e-5) and (margin[right] > 0).all()
+    assert (margin[~right] <= 0).all()
+
+
+def test_class_margin_of_a_linear_head_is_the_signed_distance_to_the_hyperplane():
+    head = make("linear", dim=2, classes=2)
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        head.fc.bias.zero_()
+    z = torch.tensor([[3.0, 1.0], [3.0, 1.0]])
+    # the boundary is z₁ = z₂; (3, 1) is at distance 2/sqrt(2) on class 0's side
+    assert torch.allclose(head.class_margin(z, torch.tensor([0, 1])), torch.tensor([2 ** 0.5, -(2 ** 0.5)]))
+
+
+@pytest.mark.parametrize("name", ["glvq", "gmlvq"])
+def test_class_margin_gradients_are_finite_with_duplicate_and_coinciding_prototypes(name, batch):
+    head = make(name, prototypes_per_class=3)
+    z, y = batch
+    with torch.no_grad():
+        head.prototypes[1] = head.prototypes[0]  # a duplicate within class 0
+        head.prototypes[3] = head.prototypes[0]  # and the same point for class 1
+    z = z.clone().requires_grad_(True)
+    head.class_margin(z, y).sum().backward()
+    assert torch.isfinite(z.grad).all() and all(torch.isfinite(p.grad).all() for p in head.parameters())
+
+
+def test_heads_without_a_class_margin_say_so(batch):
+    z, y = batch
+    for head in (make("gtlvq"), make("repulsive", loss="distance", metric="linf")):
+        assert not head.supports_class_margin
+        with pytest.raises(NotImplementedError, match="class margin|certified margin"):
+            head.class_margin(z, y)

@@ -18,14 +18,15 @@ def pairwise_l2(v: torch.Tensor) -> torch.Tensor:
         return torch.cdist(v, v, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def linear_margin(scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear_margin(scores: torch.Tensor, weight: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """Exact L2 distance from each ``z`` to the decision boundary of ``argmax(scores)``, ``scores = z Wᵀ + b``.
 
-    ``min_{j≠c} (f_c − f_j) / ‖w_c − w_j‖`` with ``c`` the predicted class and ``w_k`` the rows of ``weight``.
+    ``min_{j≠c} (f_c − f_j) / ‖w_c − w_j‖`` with ``c`` the predicted class and ``w_k`` the rows of ``weight``;
+    with ``target`` (B,) ``c`` is that class instead, and the distance is signed (negative past the boundary).
     """
-    predicted = scores.argmax(1, keepdim=True)
-    g = (scores.gather(1, predicted) - scores).scatter(1, predicted, float("inf"))  # f_c − f_c is no boundary
-    return affine_margin(g, pairwise_l2(weight)[predicted.squeeze(1)])
+    chosen = scores.argmax(1, keepdim=True) if target is None else target.unsqueeze(1)
+    g = (scores.gather(1, chosen) - scores).scatter(1, chosen, float("inf"))  # f_c − f_c is no boundary
+    return affine_margin(g, pairwise_l2(weight)[chosen.squeeze(1)], signed=target is not None)
 
 
 def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 10) -> torch.Tensor:
@@ -68,8 +69,8 @@ def orthonormal_basis(x: torch.Tensor, rank: int, generator: torch.Generator) ->
     return q[:, :rank]
 
 
-def nearest_prototype_margin(distances: torch.Tensor, labels: torch.Tensor, gradient_points: torch.Tensor
-                             ) -> torch.Tensor:
+def nearest_prototype_margin(distances: torch.Tensor, labels: torch.Tensor, gradient_points: torch.Tensor,
+                             target: torch.Tensor | None = None) -> torch.Tensor:
     """L2 distance from each ``z`` to the decision boundary of a nearest-prototype classifier.
 
     For distances ``d(z, w) = ‖Ω(z − w)‖²`` (Ω = I: squared Euclidean) the difference
@@ -84,10 +85,17 @@ def nearest_prototype_margin(distances: torch.Tensor, labels: torch.Tensor, grad
         distances: ``(B, P)`` distances ``d(z, w_p)``.
         labels: ``(P,)`` class of each prototype.
         gradient_points: ``(P, n)`` the points ``ΩᵀΩ w_p`` (the prototypes for Ω = I).
+        target: ``(B,)`` a class per ``z``: ``w⁺`` is then the nearest prototype of that class, not the
+            nearest of all, and the distance is signed (negative where ``z`` is past a bisector), the form a
+            training penalty hinges on. With one prototype per class and ``z`` classified ``target`` it is the
+            distance above; otherwise a bound with the sign of "classified as ``target``".
     """
-    nearest = distances.argmin(1)
-    predicted = labels[nearest]
+    if target is None:
+        nearest = distances.argmin(1)
+    else:
+        nearest = distances.masked_fill(labels.unsqueeze(0) != target.unsqueeze(1), float("inf")).argmin(1)
+    chosen = labels[nearest]
     g = distances - distances.gather(1, nearest.unsqueeze(1))
-    g = g.masked_fill(labels.unsqueeze(0) == predicted.unsqueeze(1), float("inf"))  # same class: no boundary
+    g = g.masked_fill(labels.unsqueeze(0) == chosen.unsqueeze(1), float("inf"))  # same class: no boundary
     grad_norm = 2.0 * pairwise_l2(gradient_points)[nearest]
-    return affine_margin(g, grad_norm)
+    return affine_margin(g, grad_norm, signed=target is not None)

@@ -39,7 +39,8 @@ class GLVQ(Head):
     ``margin(z)``, relative to the predicted class with ``w⁺`` the nearest prototype, is
     ``min_{w⁻} (‖z − w⁻‖² − ‖z − w⁺‖²) / (2‖w⁺ − w⁻‖)`` over wrong-class prototypes ``w⁻``:
     the exact L2 distance to the decision boundary with one prototype per class, a
-    certified lower bound with several.
+    certified lower bound with several. ``class_margin(z, y)`` is the same bound with ``w⁺`` the
+    nearest prototype of class ``y``, signed (negative where ``z`` is closer to another class).
     """
 
     def __init__(self, embed_dim: int, num_classes: int, *, prototypes_per_class: int = 1,
@@ -103,3 +104,6 @@ class GLVQ(Head):
 
     def margin(self, z: torch.Tensor) -> torch.Tensor:
         return nearest_prototype_margin(self.distances(z), self.prototype_labels, self.margin_gradient_points())
+
+    def class_margin(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nearest_prototype_margin(self.distances(z), self.prototype_labels, self.margin_gradient_points(), y)

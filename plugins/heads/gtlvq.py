@@ -29,14 +29,19 @@ class GTLVQ(GLVQ):
     several prototypes per class), completed with random orthonormal directions when there
     are too few samples.
 
-    No ``margin``: the tangent distance is not a quadratic form with one shared metric, so
-    the difference of two distances is not affine in ``z``.
+    No ``margin`` and no ``class_margin``: the tangent distance is not a quadratic form with one
+    shared metric (each prototype projects out its own subspace), so the difference of two distances
+    is a quadratic in ``z``, its zero set a quadric, and no closed-form distance to it bounds the radius.
     """
 
     supports_margin = False  # the tangent distance is not affine in z: no certified margin (see above)
+    supports_class_margin = False
 
     def margin(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("gtlvq gives no certified margin: the tangent distance is not affine in z")
+
+    def class_margin(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("gtlvq gives no class margin: the tangent distance is not affine in z")
 
     def __init__(self, embed_dim: int, num_classes: int, *, subspace_dim: int = 12, **glvq_options):
         super().__init__(embed_dim, num_classes, **glvq_options)

@@ -18,7 +18,8 @@ class LinearHead(Head):
     the predicted class ``c``: ``min_j (f_c − f_j) / ‖w_c − w_j‖``, the linear case of the
     instance-specific guarantee of Hein & Andriushchenko 2017 ("Formal guarantees on the
     robustness of a classifier against adversarial manipulation", Theorem 2.1), where the
-    bound is tight because the class differences are affine.
+    bound is tight because the class differences are affine. ``class_margin(z, y)``: the same for
+    class ``y``, signed (negative where another class scores higher).
 
     The scores are affine in ``z`` (``scores_affine_in_embedding``, ``affine_map()`` is
     ``(fc.weight, fc.bias)``), so ``certify`` can also apply Hein & Andriushchenko's local
@@ -43,7 +44,12 @@ class LinearHead(Head):
         return self.fc.weight, self.fc.bias
 
     def margin(self, z: torch.Tensor) -> torch.Tensor:
+        return linear_margin(self._exact_scores(z), self.fc.weight)
+
+    def class_margin(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return linear_margin(self._exact_scores(z), self.fc.weight, y)
+
+    def _exact_scores(self, z: torch.Tensor) -> torch.Tensor:
         dtype = torch.promote_types(z.dtype, torch.float32)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            scores = F.linear(z.to(dtype), self.fc.weight.to(dtype), self.fc.bias.to(dtype))
-        return linear_margin(scores, self.fc.weight)
+            return F.linear(z.to(dtype), self.fc.weight.to(dtype), self.fc.bias.to(dtype))

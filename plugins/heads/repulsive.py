@@ -76,8 +76,10 @@ class RepulsivePrototypes(Head):
     nearest-prototype rule of a quadratic form or linear: for ``loss="distance"`` with
     ``metric="l2"`` the bisector formula of GLVQ (one prototype per class); for
     ``loss="cosine"`` the argmax of ``p̂_k · z`` (``p̂`` the unit prototypes; ``‖z‖`` does not
-    change the argmax), a linear classifier without bias. The L∞ distance classifier has no
-    margin here.
+    change the argmax), a linear classifier without bias; ``class_margin(z, y)`` the same for class
+    ``y``, signed. The L∞ distance classifier has neither: its boundary between two prototypes is
+    piecewise linear with pieces that depend on which coordinate attains the maximum, so no single
+    bisector bounds the distance to it.
     """
 
     def __init__(self, embed_dim: int, num_classes: int, *, loss: str = "cosine", metric: str = "l2",
@@ -92,7 +94,7 @@ class RepulsivePrototypes(Head):
         self.loss_kind = loss
         self.metric = metric
         # the L∞ nearest-prototype boundary is not a hyperplane: no certified margin in that configuration
-        self.supports_margin = not (loss == "distance" and metric == "linf")
+        self.supports_margin = self.supports_class_margin = not (loss == "distance" and metric == "linf")
         self.register_buffer("prototypes", repulsive_prototypes(num_classes, embed_dim, metric, steps, lr, seed))
 
     @classmethod
@@ -126,15 +128,21 @@ class RepulsivePrototypes(Head):
         return target.pow(2).mean()
 
     def margin(self, z: torch.Tensor) -> torch.Tensor:
+        return self._margin(z, None)
+
+    def class_margin(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._margin(z, y)
+
+    def _margin(self, z: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         labels = torch.arange(self.num_classes, device=self.prototypes.device)
         if self.loss_kind == "distance" and self.metric == "l2":
             return nearest_prototype_margin(squared_euclidean(z, self.prototypes), labels,
-                                            self.prototypes.to(working_dtype(z, self.prototypes)))
+                                            self.prototypes.to(working_dtype(z, self.prototypes)), target)
         if self.loss_kind == "cosine":
             unit = self._unit_prototypes()
             with torch.autocast(device_type=z.device.type, enabled=False):
                 scores = z.to(unit.dtype) @ unit.t()
-            return linear_margin(scores, unit)
+            return linear_margin(scores, unit, target)
         raise NotImplementedError(
             "repulsive head: no certified margin for loss='distance' with metric='linf' (the L∞ nearest-prototype "
             "boundary is not a hyperplane); use metric='l2' or loss='cosine' to certify"
