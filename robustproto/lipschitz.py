@@ -18,9 +18,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import UsageError
-from .operators import computes_like, conv2d_norm_bound
+from .operators import LayerOperator, computes_like, conv2d_norm_bound, power_iteration_step, rayleigh_sigma
 
-__all__ = ["lipschitz_upper_bound"]
+__all__ = ["LipschitzEstimate", "lipschitz_upper_bound"]
 
 # relative margin on the product of float64 norms: their rounding error is ~1e-13, so this only guards
 # against the accumulated float error of ~20 factors, with room to spare
@@ -31,13 +31,14 @@ def _matrix_norm(weight: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(weight.detach().double().flatten(1), ord=2))
 
 
-def _batchnorm_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
-    """The per-channel factor ``γ / sqrt(running_var + eps)`` of a BatchNorm in eval mode."""
+def _batchnorm_scale(bn: nn.modules.batchnorm._BatchNorm, dtype: torch.dtype) -> torch.Tensor:
+    """The per-channel factor ``γ / sqrt(running_var + eps)`` of a BatchNorm in eval mode, in ``dtype``
+    (differentiable in ``γ``; the running variance is a statistic, not a weight)."""
     if bn.running_var is None:
         raise NotImplementedError(f"{bn} keeps no running statistics (track_running_stats=False): its eval-mode "
                                   "output depends on the batch, so it has no Lipschitz constant per sample")
-    scale = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
-    return scale * bn.weight.detach().double() if bn.weight is not None else scale
+    scale = 1.0 / torch.sqrt(bn.running_var.detach().to(dtype) + bn.eps)
+    return scale * bn.weight.to(dtype) if bn.weight is not None else scale
 
 
 @torch.no_grad()
@@ -97,12 +98,6 @@ def _module_factor(module: nn.Module, node, input_shape: torch.Size) -> float:
         return max(1.0, module.alpha)
     if type(module) in (nn.Identity, nn.Flatten) or isinstance(module, nn.modules.dropout._DropoutNd):
         return 1.0  # dropout is the identity in eval mode
-    if computes_like(module, nn.Linear):
-        return _matrix_norm(module.weight)
-    if isinstance(module, nn.Conv2d):
-        return conv2d_norm_bound(module, input_shape[2:])
-    if _is_batchnorm(module):
-        return float(_batchnorm_scale(module).abs().max())
     if type(module) is nn.MaxPool2d:
         # |max a − max b| ≤ ‖a − b‖ per window; a pixel in m windows counts m times: L = sqrt(m)
         if module.dilation not in (1, (1, 1)):
@@ -127,89 +122,162 @@ def _uses(node) -> list:
     return uses
 
 
-def _graph_bound(module: nn.Module, input_shape: Sequence[int]) -> tuple[float, torch.Size]:
-    """Lipschitz bound of an eval-mode module traced with ``torch.fx``, and its output shape.
+def _root(value):
+    """``sqrt`` of a Python number or of a tensor (the walk runs on both)."""
+    return value ** 0.5
 
-    Each node gets a bound ``L(node)`` on its Lipschitz constant as a function of the module input, from
-    its operands counted once per use (``h + h`` and ``torch.cat([h, h])`` use ``h`` twice):
+
+class _ExactNorms:
+    """The norms :func:`lipschitz_upper_bound` multiplies: never below the truth, float64, not differentiable."""
+
+    dtype = torch.float64
+
+    def linear(self, key: str, module: nn.Module, weight: torch.Tensor) -> float:
+        return _matrix_norm(weight)
+
+    def conv(self, key: str, module: nn.Conv2d, input_hw: Sequence[int], weight: torch.Tensor) -> float:
+        return conv2d_norm_bound(module, input_hw, weight)
+
+
+class _TracedGraph:
+    """A module traced once with ``torch.fx`` at one input shape: the graph every bound of it walks.
+
+    :meth:`bound` composes a bound ``L(node)`` on each node's Lipschitz constant as a function of the module
+    input, from its operands counted once per use (``h + h`` and ``torch.cat([h, h])`` use ``h`` twice):
 
     - ``Lip(op) · L(input)`` for a one-input op; a product or quotient with a Python number ``c`` scales
       by ``|c|`` or ``1/|c|``, a negation by 1;
     - ``Σ L(operand)`` for a sum or difference (a residual block: ``‖I + F‖ ≤ 1 + Lip(F)``), where an
       operand that broadcasting repeats ``k`` times counts ``sqrt(k) · L(operand)``;
     - ``sqrt(Σ L(operand)²)`` for a concatenation or stack, along any dimension;
-    - 0 for what does not depend on the input.
+    - nothing for what does not depend on the input.
 
     A convolution or linear layer whose only consumer is a BatchNorm is folded into it (the BatchNorm
     scales its output channels), which is tighter than the product of both norms. Any other op
-    that reads the input more than once (``h * h``) raises ``NotImplementedError``.
+    that reads the input more than once (``h * h``) raises ``NotImplementedError``. The norms of linear and
+    convolutional layers come from a ``norms`` object (exact ones for a certificate, power-iteration estimates
+    differentiable in the weights for training); every other factor depends on shapes only and is computed once.
     """
-    try:  # inside a Sequential, a torch.nn module given alone stays a leaf (call_module) in the graph
-        graph = fx.symbolic_trace(nn.Sequential(module))
-    except Exception as exc:
-        raise NotImplementedError(f"lipschitz_upper_bound cannot trace {type(module).__name__} with torch.fx "
-                                  f"({type(exc).__name__}: {exc})") from None
-    param = next(module.parameters(), None)
-    example = torch.zeros(1, *input_shape, dtype=param.dtype if param is not None else torch.float32,
-                          device=param.device if param is not None else None)
-    ShapeProp(graph).propagate(example)
-    modules = dict(graph.named_modules())
-    bound: dict = {}
-    for node in graph.graph.nodes:
-        operands = [a for a in _uses(node) if bound.get(a, 0.0) > 0]  # the uses that move with the input
-        if node.op == "placeholder":
-            bound[node] = 1.0
-        elif node.op == "output":
-            (out,) = node.args
-            if not isinstance(out, fx.Node):
-                raise NotImplementedError(f"lipschitz_upper_bound: {type(module).__name__} returns "
-                                          f"{type(out).__name__}, not one tensor")
-            return bound[out], _tensor_meta(out).shape
-        elif _tensor_meta(node) is None or not operands:
-            bound[node] = 0.0  # shapes, sizes, constants: they do not move with the input
-        elif node.op != "call_module" and node.target in _SUMS:
-            if node.kwargs.get("alpha", 1) != 1:
-                raise NotImplementedError(f"lipschitz_upper_bound: add/sub with alpha in {node.format_node()}")
-            # broadcasting repeats each entry of an operand size/numel times: its differences grow by the root
-            size = _tensor_meta(node).shape.numel()
-            bound[node] = sum(bound[a] * math.sqrt(size / _tensor_meta(a).shape.numel()) for a in operands)
-        elif node.op == "call_function" and node.target in _CONCATENATIONS:
-            bound[node] = math.sqrt(sum(bound[a] ** 2 for a in operands))
-        elif len(operands) != 1:
-            raise NotImplementedError(f"lipschitz_upper_bound does not support {node.format_node()}: "
-                                      "an op that reads the image-dependent input more than once")
+
+    def __init__(self, module: nn.Module, input_shape: Sequence[int]):
+        try:  # inside a Sequential, a torch.nn module given alone stays a leaf (call_module) in the graph
+            self.graph = fx.symbolic_trace(nn.Sequential(module))
+        except Exception as exc:
+            raise NotImplementedError(f"lipschitz_upper_bound cannot trace {type(module).__name__} with torch.fx "
+                                      f"({type(exc).__name__}: {exc})") from None
+        param = next(module.parameters(), None)
+        example = torch.zeros(1, *input_shape, dtype=param.dtype if param is not None else torch.float32,
+                              device=param.device if param is not None else None)
+        modes = {m: m.training for m in module.modules()}
+        module.eval()  # the shape pass must not touch BatchNorm statistics
+        try:
+            with torch.no_grad():
+                ShapeProp(self.graph).propagate(example)
+        finally:
+            for m, training in modes.items():
+                m.training = training
+        self.modules = dict(self.graph.named_modules())
+        self._constants: dict = {}  # node -> its factor, for the factors that depend on shapes only
+        self._check()
+
+    def _check(self) -> None:
+        """Raise now, naming the op, on what :meth:`bound` cannot bound (a test walk with unit norms)."""
+        self.bound(_UnitNorms())
+
+    def output_shape(self) -> torch.Size:
+        (out,) = [n for n in self.graph.graph.nodes if n.op == "output"][0].args
+        return _tensor_meta(out).shape
+
+    def layers(self) -> list[tuple[str, nn.Module]]:
+        """The linear and convolutional layers whose norms :meth:`bound` asks for, by qualified name."""
+        return [(name, m) for name, m in self.modules.items()
+                if name and (computes_like(m, nn.Linear) or isinstance(m, nn.Conv2d))]
+
+    def bound(self, norms):
+        """The bound of the whole module: a float with exact norms, a tensor with differentiable ones."""
+        bound: dict = {}  # only the nodes that move with the input
+        for node in self.graph.graph.nodes:
+            operands = [a for a in _uses(node) if a in bound]
+            if node.op == "placeholder":
+                bound[node] = 1.0
+            elif node.op == "output":
+                (out,) = node.args
+                if not isinstance(out, fx.Node):
+                    raise NotImplementedError(f"lipschitz_upper_bound: the traced module returns "
+                                              f"{type(out).__name__}, not one tensor")
+                return bound[out]
+            elif _tensor_meta(node) is None or not operands:
+                continue  # shapes, sizes, constants: they do not move with the input
+            elif node.op != "call_module" and node.target in _SUMS:
+                if node.kwargs.get("alpha", 1) != 1:
+                    raise NotImplementedError(f"lipschitz_upper_bound: add/sub with alpha in {node.format_node()}")
+                # broadcasting repeats each entry of an operand size/numel times: its differences grow by the root
+                size = _tensor_meta(node).shape.numel()
+                bound[node] = sum(bound[a] * math.sqrt(size / _tensor_meta(a).shape.numel()) for a in operands)
+            elif node.op == "call_function" and node.target in _CONCATENATIONS:
+                bound[node] = _root(sum(bound[a] ** 2 for a in operands))
+            elif len(operands) != 1:
+                raise NotImplementedError(f"lipschitz_upper_bound does not support {node.format_node()}: "
+                                          "an op that reads the image-dependent input more than once")
+            else:
+                (arg,) = operands
+                bound[node] = bound[arg] * self._factor(node, arg, norms)
+        raise RuntimeError("traced graph has no output")  # pragma: no cover - fx graphs always have one
+
+    def _factor(self, node, arg, norms):
+        if node in self._constants:
+            return self._constants[node]
+        in_shape = _tensor_meta(arg).shape
+        if node.op == "call_module":
+            if self._folded_batchnorm(node) is not None:
+                return 1.0  # counted in the BatchNorm below, with the BatchNorm's scale folded in
+            module = self.modules[node.target]
+            if _is_batchnorm(module) and self._folded_batchnorm(arg) is module:
+                producer = self.modules[arg.target]
+                scale = _batchnorm_scale(module, norms.dtype).to(producer.weight.device)
+                folded = producer.weight.to(norms.dtype) * scale.view(-1, *([1] * (producer.weight.ndim - 1)))
+                if isinstance(producer, nn.Linear):
+                    return norms.linear(arg.target, producer, folded)
+                (producer_input,) = arg.args  # a convolution module is called on its input alone
+                return norms.conv(arg.target, producer, _tensor_meta(producer_input).shape[2:], folded)
+            if computes_like(module, nn.Linear):
+                return norms.linear(node.target, module, module.weight.to(norms.dtype))
+            if isinstance(module, nn.Conv2d):
+                return norms.conv(node.target, module, in_shape[2:], module.weight.to(norms.dtype))
+            if _is_batchnorm(module):
+                return _batchnorm_scale(module, norms.dtype).abs().max()
+            factor = _module_factor(module, node, in_shape)
         else:
-            (arg,) = operands
-            bound[node] = bound[arg] * _node_factor(node, arg, modules)
-    raise RuntimeError("traced graph has no output")  # pragma: no cover - fx graphs always have one
+            factor = _function_factor(node, arg, in_shape)
+        self._constants[node] = factor
+        return factor
+
+    def _folded_batchnorm(self, node) -> nn.Module | None:
+        """The eval-mode BatchNorm that is the only consumer of this linear/conv node, if any."""
+        if node.op != "call_module" or len(node.users) != 1:
+            return None
+        producer, (user,) = self.modules[node.target], node.users
+        if not (computes_like(producer, nn.Linear) or isinstance(producer, nn.Conv2d)) or user.op != "call_module":
+            return None
+        bn = self.modules[user.target]
+        return bn if _is_batchnorm(bn) else None
 
 
-def _folded_batchnorm(node, modules: dict) -> nn.Module | None:
-    """The eval-mode BatchNorm that is the only consumer of this linear/conv node, if any."""
-    if node.op != "call_module" or len(node.users) != 1:
-        return None
-    producer, (user,) = modules[node.target], node.users
-    if not (computes_like(producer, nn.Linear) or isinstance(producer, nn.Conv2d)) or user.op != "call_module":
-        return None
-    bn = modules[user.target]
-    return bn if _is_batchnorm(bn) else None
+class _UnitNorms:
+    """Every layer norm 1: walks the graph to find what it cannot bound, before any norm is computed."""
+
+    dtype = torch.float32
+
+    def linear(self, key, module, weight) -> float:
+        return 1.0
+
+    def conv(self, key, module, input_hw, weight) -> float:
+        if not computes_like(module, nn.Conv2d) or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            conv2d_norm_bound(module, input_hw)  # raises, naming what is not supported
+        return 1.0
 
 
-def _node_factor(node, arg, modules: dict) -> float:
-    in_shape = _tensor_meta(arg).shape
-    if node.op == "call_module":
-        if _folded_batchnorm(node, modules) is not None:
-            return 1.0  # counted in the BatchNorm below, with the BatchNorm's scale folded in
-        module = modules[node.target]
-        if _is_batchnorm(module) and _folded_batchnorm(arg, modules) is module:
-            producer = modules[arg.target]
-            scale = _batchnorm_scale(module).to(producer.weight.device)
-            folded = producer.weight.detach().double() * scale.view(-1, *([1] * (producer.weight.ndim - 1)))
-            if isinstance(producer, nn.Linear):
-                return _matrix_norm(folded)
-            (producer_input,) = arg.args  # a convolution module is called on its input alone
-            return conv2d_norm_bound(producer, _tensor_meta(producer_input).shape[2:], folded)
-        return _module_factor(module, node, in_shape)
+def _function_factor(node, arg, in_shape: torch.Size) -> float:
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
     if node.target in _RELU or name in _SHAPE_METHODS or node.target in _NEGATIONS:
         return 1.0
@@ -264,20 +332,115 @@ def lipschitz_upper_bound(model: nn.Module, input_size: Sequence[int]) -> float:
     ``neck``; the normalisation gives its own constant through ``normalize.lipschitz_constant()``
     (:class:`robustproto.Normalize`: ``1 / min std``), and one without that method is refused.
     """
+    with torch.no_grad():
+        backbone, neck = _trace_embedding(model, input_size)
+        return float(model.normalize.lipschitz_constant()) * backbone.bound(_ExactNorms()) * neck.bound(_ExactNorms()) \
+            * SAFETY
+
+
+def _trace_embedding(model: nn.Module, input_size: Sequence[int]) -> tuple[_TracedGraph, _TracedGraph]:
     input_size = tuple(int(s) for s in input_size)
     if len(input_size) != 3:
         raise UsageError(f"input_size must be (C, H, W), got {input_size}")
     if not callable(getattr(model.normalize, "lipschitz_constant", None)):
         raise NotImplementedError(f"lipschitz_upper_bound knows no bound for the normalisation "
                                   f"{type(model.normalize).__name__}: it has no lipschitz_constant() method")
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # the shape pass must not touch BatchNorm statistics, and the bound is of eval mode
-    try:
-        with torch.no_grad():
-            normalize = float(model.normalize.lipschitz_constant())
-            backbone, features = _graph_bound(model.backbone, input_size)
-            neck, _ = _graph_bound(model.neck, features[1:])
-    finally:
-        for m, training in modes.items():
-            m.training = training
-    return normalize * backbone * neck * SAFETY
+    backbone = _TracedGraph(model.backbone, input_size)
+    return backbone, _TracedGraph(model.neck, backbone.output_shape()[1:])
+
+
+class LipschitzEstimate(nn.Module):
+    """The bound of :func:`lipschitz_upper_bound`, differentiable in the weights and cheap enough for every step.
+
+    The same graph, walked with the same rules (normalisation, residual sums, concatenations, pooling,
+    BatchNorm folded into the layer before it), but each linear or convolutional layer contributes a
+    power-iteration estimate of its spectral norm instead of the exact one: per call, one step
+    ``v ← Aᵀu/‖·‖``, ``u ← Av/‖·‖`` under ``no_grad`` from the vector kept since the previous call, then
+    ``σ = uᵀAv``, whose gradient in ``W`` is that of the true norm at convergence (Miyato et al.'s spectral
+    normalisation; GloRo, Leino et al. 2021, keeps its vectors across steps the same way). A convolution is
+    the operator it applies at its input size (zero padding and stride included), not the reshaped kernel.
+    Power iteration approaches each norm from below, so the estimate is at most the certificate's bound once
+    converged (the certificate bounds a convolution by its circulant embedding, 2–8 % above the operator's
+    norm for 3×3 kernels on 8–12 px maps): train against this, certify with :func:`lipschitz_upper_bound`.
+
+    The vectors are buffers (``u0, u1, ...`` in layer order, float32), so they travel with ``state_dict``;
+    they start from a fixed seed, so every process of a distributed run holds the same ones, and a saved
+    vector of another shape (another input size) is taken on load and restarted at the next call.
+    ``model`` (a :class:`robustproto.ProtoModel`) is not registered as a submodule: the estimate owns only its
+    vectors. ``forward()`` returns the float32 scalar ``L`` for images of ``input_size`` (C, H, W), differentiable
+    in the weights, and advances the vectors ``iterations`` steps.
+    """
+
+    def __init__(self, model: nn.Module, input_size: Sequence[int], iterations: int = 1):
+        super().__init__()
+        if int(iterations) < 1:
+            raise UsageError(f"iterations must be at least 1, got {iterations}")
+        self.iterations = int(iterations)
+        self.input_size = tuple(int(n) for n in input_size)
+        self._graphs = _trace_embedding(model, input_size)
+        self._normalize = float(model.normalize.lipschitz_constant())
+        self._device_type = next(iter([*model.parameters(), *model.buffers()])).device.type
+        layers = [(f"{part}.{name}", module) for part, graph in zip(("backbone", "neck"), self._graphs)
+                  for name, module in graph.layers()]
+        self._index = {key: i for i, (key, _) in enumerate(layers)}
+        generator = torch.Generator().manual_seed(0)
+        self._operators: dict[str, LayerOperator] = {}
+        for part, graph in zip(("backbone", "neck"), self._graphs):
+            for node in graph.graph.graph.nodes:
+                if node.op == "call_module" and f"{part}.{node.target}" in self._index:
+                    module = graph.modules[node.target]
+                    hw = _tensor_meta(node.args[0]).shape[2:] if isinstance(module, nn.Conv2d) else None
+                    key = f"{part}.{node.target}"
+                    self._operators[key] = LayerOperator(module, "operator" if hw is not None else "reshape", hw)
+        for key, i in self._index.items():
+            op = self._operators[key]
+            u = torch.randn(op.u_shape, generator=generator)
+            device = dict(layers)[key].weight.device
+            self.register_buffer(f"u{i}", (u / u.norm()).to(device))
+
+    def forward(self) -> torch.Tensor:
+        norms = _PowerIterationNorms(self)
+        with torch.autocast(self._device_type, enabled=False):
+            value = self._normalize * self._graphs[0].bound(norms.part("backbone")) \
+                * self._graphs[1].bound(norms.part("neck"))
+        return torch.as_tensor(value, dtype=torch.float32)  # a float where no layer has weights
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a vector saved at another input size: take its shape now, restart it at the next call
+        for name, buf in list(self._buffers.items()):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != buf.shape:
+                self._buffers[name] = torch.empty_like(saved, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class _PowerIterationNorms:
+    """Differentiable layer norms for :class:`LipschitzEstimate`: power iteration from its kept vectors."""
+
+    dtype = torch.float32
+
+    def __init__(self, estimate: LipschitzEstimate, prefix: str = ""):
+        self.estimate, self.prefix = estimate, prefix
+
+    def part(self, name: str) -> "_PowerIterationNorms":
+        return _PowerIterationNorms(self.estimate, name)
+
+    def linear(self, key: str, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        return self._sigma(key, weight)
+
+    def conv(self, key: str, module: nn.Conv2d, input_hw: Sequence[int], weight: torch.Tensor) -> torch.Tensor:
+        return self._sigma(key, weight)
+
+    def _sigma(self, key: str, weight: torch.Tensor) -> torch.Tensor:
+        key = f"{self.prefix}.{key}"
+        op, name = self.estimate._operators[key], f"u{self.estimate._index[key]}"
+        u = getattr(self.estimate, name)
+        if tuple(u.shape) != tuple(op.u_shape):  # loaded from another input size: restart
+            u = torch.randn(op.u_shape, generator=torch.Generator().manual_seed(0)).to(weight.device)
+        for _ in range(self.estimate.iterations):
+            stepped, v = power_iteration_step(op, weight.detach(), u)
+            # a zero layer (a zero-initialised last BatchNorm of a residual branch) maps every vector to 0: keep the
+            # old direction, or the vector would stay 0 after the layer comes alive
+            u = torch.where(stepped.norm() > 0, stepped, u)
+        setattr(self.estimate, name, u)
+        return rayleigh_sigma(op, weight, u, v)

@@ -10,6 +10,7 @@ from torch import nn
 
 import robustproto
 from robustproto import Normalize, ProtoModel, create_head, lipschitz_upper_bound
+from robustproto.lipschitz import LipschitzEstimate
 from robustproto.operators import LayerOperator, conv2d_norm_bound, power_iteration_step, rayleigh_sigma
 
 CONVS = {  # (layer, input size): a plain conv, a strided one, a dilated grouped one
@@ -360,3 +361,56 @@ def test_the_normalisation_gives_its_own_constant_and_an_unknown_one_is_refused(
     model.normalize = Standardize()
     with pytest.raises(NotImplementedError, match="no bound for the normalisation Standardize"):
         lipschitz_upper_bound(model, (1, 4, 4))
+
+
+# --- LipschitzEstimate: the same bound, differentiable, for training ----------------------------------------------
+
+@pytest.mark.parametrize("case", ["B(A x)", "h + C h", "cat([A x, G x])", "conv, batchnorm", "avgpool 2×2"])
+def test_estimate_converges_to_the_certified_bound_where_the_layer_norms_are_exact(case):
+    """The same walk with power-iteration norms: equal to the bound where it uses exact norms (matrices), and
+    below it by at most the circulant slack where it bounds a convolution."""
+    make, size, std, factor = CASES[case]
+    model = model_of(make(), size, std).float()
+    estimate = LipschitzEstimate(model, size, iterations=300)
+    bound = lipschitz_upper_bound(model, size)
+    value = float(estimate().detach())
+    assert bound / factor <= value <= bound * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("name,options,size", BACKBONES, ids=[b[0] for b in BACKBONES])
+def test_estimate_is_differentiable_seeded_and_leaves_the_model_as_found(name, options, size):
+    model = trained_statistics_model(name, options, size).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first, twin = LipschitzEstimate(model, size), LipschitzEstimate(model, size)
+    value = first()
+    assert torch.equal(value, twin())  # the vectors start from a fixed seed: every process holds the same ones
+    value.backward()
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    assert all(m.weight.grad is not None for m in layers)  # a folded BatchNorm too: the bound moves with γ
+    assert layers[0].weight.grad.abs().sum() > 0  # the first layer is never behind a zero-initialised one
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    converged = LipschitzEstimate(model, size, iterations=100)
+    assert float(converged()) <= lipschitz_upper_bound(model, size) * (1 + 1e-5)
+
+
+def test_estimate_refuses_what_the_bound_refuses_when_built():
+    with pytest.raises(NotImplementedError, match="reads the image-dependent input more than once"):
+        LipschitzEstimate(proto(Net(of_h(lambda h: h * h), embedding_layer()), 4), IMAGE)
+
+
+def test_estimate_keeps_its_direction_through_a_zero_layer():
+    """A residual branch's last BatchNorm starts at γ = 0 (timm's zero_init_last): its folded convolution is the
+    zero map, which sends every vector to 0; once γ grows, the estimate must see the layer again."""
+    model = model_of(conv_batchnorm(), (2, 12, 12), [1.0, 1.0]).float()
+    batchnorm = model.backbone[1]
+    saved = batchnorm.weight.detach().clone()
+    with torch.no_grad():
+        batchnorm.weight.zero_()
+    estimate = LipschitzEstimate(model, (2, 12, 12), iterations=5)
+    assert float(estimate()) == 0
+    with torch.no_grad():
+        batchnorm.weight.copy_(saved)
+    for _ in range(60):
+        value = float(estimate())
+    assert value >= lipschitz_upper_bound(model, (2, 12, 12)) / 1.04
