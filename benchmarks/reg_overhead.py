@@ -3,15 +3,17 @@
 One step is what `robustproto train` runs per batch, through the public step (`robustproto.TrainStep`,
 `robustproto.compute_losses`, `accelerator.backward`): forward with the regularizer's extra inputs, head loss
 + penalty, backward, optimizer step, `head.after_step` (for heads that have it). Backbone `resnet18` (timm) on
-3×32×32 images with a GLVQ head, one fixed batch, K = 10 and K = 100 classes. Variants run interleaved (one
+3×32×32 images (or `--backbone kp_cnn_mnist` on 1×28×28) with a GLVQ head, one fixed batch, K = 10 and K = 100
+classes. Variants run interleaved (one
 step of each per round), so contention from other processes hits them alike; after warm-up rounds each
 variant's median is taken (the ratio of the fastest steps is printed beside it: other processes only ever slow
 a step down). `cross-lipschitz exact` needs K backward passes, so it runs fewer rounds (it is shown for
 contrast), and only up to --exact-max-classes classes (default 10: at K = 100 one step is ~100 backward passes).
 
-    python benchmarks/reg_overhead.py [--batch-size 32] [--rounds 7] [--warmup 2]
+    python benchmarks/reg_overhead.py [--backbone resnet18] [--batch-size 32] [--rounds 7] [--warmup 2]
 
-Prints a markdown table and writes benchmarks/results/reg_overhead.json (or --json).
+Prints a markdown table and writes benchmarks/results/reg_overhead.json (reg_overhead_kp_cnn_mnist.json for that
+backbone; or --json).
 """
 
 from __future__ import annotations
@@ -35,16 +37,18 @@ VARIANTS = {  # label: (regularizer name and options, or None), target ratio
     "cross-lipschitz exact": (("cross-lipschitz", {"mode": "exact"}), None),
     "spectral-norm reshape": (("spectral-norm", {"mode": "reshape"}), 1.3),
     "spectral-norm operator": (("spectral-norm", {"mode": "operator"}), 1.3),
+    "lipschitz-margin": (("lipschitz-margin", {}), 1.5),
 }
+INPUTS = {"resnet18": (3, 32, 32), "kp_cnn_mnist": (1, 28, 28)}  # --backbone: the image size it runs at
 EXACT_ROUNDS = 2  # after one warm-up step: K backward passes each
 
 
 class Variant:
     """A model, its regularizer and optimizer, and one training step as the loop runs it."""
 
-    def __init__(self, reg_spec, num_classes: int, accelerator, seed: int):
+    def __init__(self, reg_spec, backbone: str, num_classes: int, accelerator, seed: int):
         torch.manual_seed(seed)
-        self.model = robustproto.wrap("resnet18", head="glvq", num_classes=num_classes, in_chans=3)
+        self.model = robustproto.wrap(backbone, head="glvq", num_classes=num_classes, in_chans=INPUTS[backbone][0])
         self.regs = {}
         if reg_spec is not None:
             name, options = reg_spec
@@ -73,9 +77,9 @@ class Variant:
 
 def run(num_classes: int, args, accelerator) -> dict[str, dict]:
     g = torch.Generator().manual_seed(args.seed)
-    x = torch.rand(args.batch_size, 3, 32, 32, generator=g)
+    x = torch.rand(args.batch_size, *INPUTS[args.backbone], generator=g)
     y = torch.arange(args.batch_size) % num_classes
-    variants = {label: Variant(spec, num_classes, accelerator, args.seed) for label, (spec, _) in VARIANTS.items()
+    variants = {label: Variant(spec, args.backbone, num_classes, accelerator, args.seed) for label, (spec, _) in VARIANTS.items()
                 if label != "cross-lipschitz exact" or num_classes <= args.exact_max_classes}
     for round_index in range(args.warmup + args.rounds):
         for label, variant in variants.items():
@@ -94,14 +98,17 @@ def run(num_classes: int, args, accelerator) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", choices=list(INPUTS), default="resnet18")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--classes", default="10,100")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--exact-max-classes", type=int, default=10)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "reg_overhead.json")
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    suffix = "" if args.backbone == "resnet18" else f"_{args.backbone}"
+    args.json = args.json or Path(__file__).parent / "results" / f"reg_overhead{suffix}.json"
 
     from accelerate import Accelerator
 
@@ -111,7 +118,8 @@ def main() -> None:
     load_after = os.getloadavg()
 
     classes = list(results)
-    print(f"\nresnet18 + glvq, 3×32×32, batch {args.batch_size}, {torch.get_num_threads()} threads, median of "
+    size = "×".join(map(str, INPUTS[args.backbone]))
+    print(f"\n{args.backbone} + glvq, {size}, batch {args.batch_size}, {torch.get_num_threads()} threads, median of "
           f"{args.rounds} interleaved steps ({EXACT_ROUNDS} for exact); load average {load_before[0]:.1f} → "
           f"{load_after[0]:.1f}\n")
     print("| regularizer | " + " | ".join(f"K={k}: median (best)" for k in classes) + " | target |")
@@ -132,7 +140,7 @@ def main() -> None:
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
-        "backbone": "resnet18", "head": "glvq", "input": [3, 32, 32], "batch_size": args.batch_size,
+        "backbone": args.backbone, "head": "glvq", "input": list(INPUTS[args.backbone]), "batch_size": args.batch_size,
         "rounds": args.rounds, "warmup": args.warmup, "exact_rounds": EXACT_ROUNDS,
         "threads": torch.get_num_threads(), "load_average_before": load_before, "load_average_after": load_after,
         "results": {str(k): v for k, v in results.items()},
