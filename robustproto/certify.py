@@ -30,6 +30,23 @@ the scores. A head that computes its margin in a lower precision even on the flo
 float32 margin) is not covered: the report warns.
 
 Misclassified points, and points where the float32 and float64 predictions differ, get radius 0.
+
+Tightness of ``L``. ``L`` is a product of per-layer norms, so it can exceed the embedding's true Lipschitz
+constant by far, and every global radius is smaller by that factor. The report measures how much: the local
+gain ``‖J(x)‖₂`` (``J`` the Jacobian of the embedding from pixels) at a test point is at most the true constant,
+so the largest gain found (:func:`local_gains`, power iteration on ``JᵀJ`` per point) is a lower bound of it,
+and ``bound_tightness = L / local_gain_max`` is an upper bound of the factor by which ``L`` overshoots (the true
+constant lies between the two). Measured at initialisation (random weights, nothing trained; 64 random images in
+[0, 1], 32 for the ResNet; 20 iterations, within 1.3 % of 60–100): ``flatten`` with a linear neck 1 (exact);
+``mlp`` 1.3 (one layer: only the softplus slopes below 1 are lost); ``kp_cnn_mnist`` 22; ``kp_cnn_cifar`` 35, 29
+with BatchNorm statistics of random images; ``resnet18_cifar`` 48 (67 with such statistics) as timm initialises
+it, with the last BatchNorm of every residual branch at 0, and 2.5·10⁷ (5.6·10⁷) with those branches switched
+on (``zero_init_last=False``). What makes ``L`` loose: the product over layers, which assumes every layer's
+largest singular direction feeds the next one's (``kp_cnn_mnist`` with its ReLUs removed and average pooling,
+a linear map, is still 14); the ReLU and max-pooling masks, which pass only part of a layer's input at any one
+point (1.4× more on ``kp_cnn_mnist``); and residual sums, bounded by ``1 + Lip(branch)`` per block, a product
+over the blocks although the branches' gains do not compound like that. BatchNorm adds nothing of its own: it is
+folded into its convolution, exact per layer.
 """
 
 from __future__ import annotations
@@ -47,7 +64,8 @@ from .evaluation import collect, median, model_name as name_of
 from .lipschitz import lipschitz_upper_bound
 from .utils import eval_mode, model_device
 
-__all__ = ["DEFAULT_RADII", "OneHiddenLayer", "certify", "certify_summary", "local_radii", "one_hidden_layer"]
+__all__ = ["DEFAULT_RADII", "OneHiddenLayer", "certify", "certify_summary", "local_gains", "local_radii",
+           "one_hidden_layer"]
 
 _SAFETY = 1.0 + 1e-4  # relative allowance for the float64 rounding of margins and bounds, see the module docstring
 
@@ -61,6 +79,8 @@ def certify(
     batch_size: int = 256,
     local: bool = True,
     bisection_steps: int = 20,
+    tightness_samples: int = 256,
+    tightness_iterations: int = 20,
     model_name: str | None = None,
     dataset_name: str | None = None,
 ) -> dict[str, Any]:
@@ -73,6 +93,12 @@ def certify(
     it}``, ``median_radius`` (over all points), ``clean_accuracy`` (of the float32 model), ``warnings``
     (rounding the radii do not cover). ``model`` is left as found: every module's mode and every
     parameter and buffer (the float64 evaluation runs on a copy).
+
+    How tight ``L`` is, on the first ``tightness_samples`` points (0: not measured, the three fields ``None``):
+    ``local_gain_max`` and ``local_gain_median`` of the float32 model's local gains ``‖J(x)‖₂`` after
+    ``tightness_iterations`` power iterations (:func:`local_gains`, seeded: identical calls give identical
+    numbers, the global RNG is not drawn from), and ``bound_tightness = lipschitz_constant / local_gain_max``,
+    ≥ 1 up to float32 rounding (1: the bound is attained; ∞ where every gain found is 0).
     """
     if normalize_norm(norm) != "L2":
         raise UsageError(f"certify: norm '{norm}' is not supported; the certificates are L2 radii (--norm L2)")
@@ -86,6 +112,10 @@ def certify(
     radii = sorted({float(r) for r in radii})
     if any(not math.isfinite(r) or r < 0 for r in radii):
         raise UsageError(f"radii: must be finite and ≥ 0, got {radii}")
+    if tightness_samples < 0:
+        raise UsageError(f"tightness_samples: must be ≥ 0 (0: no tightness report), got {tightness_samples}")
+    if tightness_iterations < 1:
+        raise UsageError(f"tightness_iterations: must be ≥ 1, got {tightness_iterations}")
     x, y = collect(data, n_samples, batch_size)
     device = model_device(model)
     with eval_mode(model):
@@ -111,12 +141,18 @@ def certify(
                 radius_local = torch.cat([local_radii(net, chunk.to(device).double(), bisection_steps).cpu()
                                           for chunk in x.split(batch_size)])
                 radius_local = torch.where(certified, radius_local, torch.zeros_like(radius_local))
+        gains = None
+        if tightness_samples:
+            directions = torch.Generator().manual_seed(0)
+            gains = torch.cat([local_gains(model, chunk.to(device), tightness_iterations, directions).cpu()
+                               for chunk in x[:tightness_samples].split(batch_size)])
     warnings = []
     if margin.dtype != torch.float64:
         warnings.append(f"head '{type(model.head).__name__}' computes its margin in {margin.dtype} even on a "
                         "float64 model: the global radii do not cover that rounding")
     radius = radius_global if radius_local is None else torch.maximum(radius_global, radius_local)
     n = len(y)
+    gain_max = float(gains.max()) if gains is not None else None
     return {
         "model": model_name or name_of(model),
         "dataset": dataset_name or "tensors",
@@ -126,6 +162,9 @@ def certify(
         "method": "global Lipschitz bound" + (" and local cross-Lipschitz bound (Hein & Andriushchenko 2017, "
                                               "Thm 2.1 + Prop 2.2), the larger" if radius_local is not None else ""),
         "lipschitz_constant": lipschitz,
+        "local_gain_max": gain_max,
+        "local_gain_median": median(gains) if gains is not None else None,
+        "bound_tightness": None if gain_max is None else lipschitz / gain_max if gain_max > 0 else math.inf,
         "certified_accuracy": {f"{r:g}": float((correct & (radius >= r)).double().mean()) for r in radii},
         "median_radius": median(radius),
         "median_radius_global": median(radius_global),
@@ -248,9 +287,45 @@ def local_radii(net: OneHiddenLayer, x: torch.Tensor, steps: int) -> torch.Tenso
     return out
 
 
+def local_gains(model: nn.Module, x: torch.Tensor, iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """Per image of ``x`` a lower bound of ‖J(x)‖₂, the local gain of ``model.embed`` (``J`` its Jacobian with
+    respect to the pixels), by ``iterations`` steps of power iteration on ``JᵀJ`` from a random direction drawn
+    from ``generator`` (on the CPU); ``(B,)`` in ``x``'s dtype and on its device.
+
+    The model is used in the mode it is in and must embed each image independently of the others (eval mode:
+    BatchNorm with running statistics, dropout off), so the batch's Jacobian is block diagonal and one product
+    gives every image's. For a ReLU network ``J`` is the exact linear map at ``x``; the estimate
+    ``sqrt(‖JᵀJ v‖)``, ``‖v‖ = 1``, approaches ``σ_max(J)`` from below. It is 0 where ``J`` is 0.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        z = model.embed(x)
+        # Jᵀu is linear in u; differentiating it in u gives J: both products run on the one recorded forward pass
+        cotangent = torch.zeros_like(z, requires_grad=True)
+        (pullback,) = torch.autograd.grad(z, x, cotangent, create_graph=True)
+        v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        v = v / _per_image_norm(v)
+        gain = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+        for _ in range(iterations):
+            (jv,) = torch.autograd.grad(pullback, cotangent, v, retain_graph=True)
+            (w,) = torch.autograd.grad(z, x, jv, retain_graph=True)
+            norm = _per_image_norm(w)
+            gain = norm.flatten().sqrt()  # ‖Jv‖ ≤ sqrt(‖JᵀJv‖) ≤ σ_max for a unit v: the better lower bound
+            v = torch.where(norm > 0, w / norm.clamp_min(torch.finfo(w.dtype).tiny), v)
+    return gain.detach()
+
+
+def _per_image_norm(t: torch.Tensor) -> torch.Tensor:
+    """‖t_i‖₂ of each image, shaped to broadcast against ``t``."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
 def certify_summary(report: Mapping[str, Any]) -> str:
     """One line for the CLI, then one ``warning:`` line per warning of the report."""
     acc = ", ".join(f"{r}: {v:.3f}" for r, v in report["certified_accuracy"].items())
     line = (f"clean accuracy {report['clean_accuracy']:.4f}; median certified L2 radius {report['median_radius']:.4g}; "
-            f"certified accuracy at radius {acc}")
+            f"certified accuracy at radius {acc}; Lipschitz bound L = {report['lipschitz_constant']:.4g}")
+    if report["local_gain_max"] is not None:
+        line += (f", ≥ the largest local gain found {report['local_gain_max']:.4g} "
+                 f"(ratio {report['bound_tightness']:.3g}×)")
     return "\n".join([line, *(f"warning: {w}" for w in report["warnings"])])

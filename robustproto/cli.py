@@ -226,7 +226,8 @@ def certify_command(
     _writable(report, "report")
     data = run_data(run, "test", dataset, data_dir, settings.n_samples)
     result = robustproto.certify(robustproto.load(run), data, norm=settings.norm, radii=settings.radii,
-                                 batch_size=settings.batch_size, model_name=run, dataset_name=data.name)
+                                 batch_size=settings.batch_size, tightness_samples=settings.tightness_samples,
+                                 model_name=run, dataset_name=data.name)
     robustproto.write_report(result, report)
     typer.echo(robustproto.certify_summary(result))
     typer.echo(f"wrote {report}")

@@ -39,6 +39,8 @@ AUGMENTATIONS = ("auto", "none", "crop-flip", "shift-rotate")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # timm schedulers that are a function of the epoch alone (resume rebuilds them and steps to the epoch)
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
+# Accelerate's experiment trackers robustproto documents and tests; "all" is every one of them installed
+TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "trackio")
 DEFAULT_THRESHOLDS = types.MappingProxyType({"L2": 1.5, "Linf": 0.3})
 DEFAULT_RADII = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0)
 
@@ -121,11 +123,15 @@ class TrainConfig:
 
     output: str = _field("runs/latest", "Run folder (with --resume: that folder).")
     resume: str | None = _field(None, "Continue the run in this folder from its last saved state.")
+    log_with: tuple[str, ...] = _field((), f"Experiment tracker: {', '.join(TRACKERS)}, all (every one installed) "
+                                           "or none (repeatable or a comma list); TensorBoard and Aim write under "
+                                           "OUTPUT/trackers.")
     eval: Mapping[str, Any] = _field({}, "The recipe's [eval] table as written, kept for `robustproto eval`.",
                                      cli=False, table=True)
 
     def __post_init__(self) -> None:
         _convert_fields(self)
+        object.__setattr__(self, "log_with", _tracker_names(self.log_with))
         _check_train(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +152,18 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _tracker_names(items: tuple[str, ...]) -> tuple[str, ...]:
+    """``log_with`` as lower-case names, each once, in the given order: comma lists split (a flag may be
+    ``--log-with tensorboard,wandb``), ``none`` dropped (so a flag can switch off a recipe's trackers); a name that
+    is not a tracker is a UsageError listing the allowed ones."""
+    allowed = (*TRACKERS, "all", "none")
+    names = [n.strip().lower() for item in items for n in item.split(",") if n.strip()]
+    for name in names:
+        if name not in allowed:
+            raise UsageError(f"log_with: '{name}' is not one of {', '.join(allowed)}")
+    return tuple(dict.fromkeys(n for n in names if n != "none"))
 
 
 def _check_train(cfg: TrainConfig) -> None:
@@ -305,6 +323,8 @@ class CertifyConfig:
     n_samples: int | None = _field(None, "Certify a fixed subset of N test points.", none="all")
     radii: tuple[float, ...] = _field(DEFAULT_RADII, "Radii for the certified accuracy, e.g. 0.1,0.5,1.")
     batch_size: int = _field(256, "Images per batch.")
+    tightness_samples: int = _field(256, "Compare the Lipschitz bound with the largest local gain of the embedding "
+                                         "on the first N points (0: off).")
 
     def __post_init__(self) -> None:
         _convert_fields(self)

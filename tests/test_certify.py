@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustproto
-from robustproto.certify import certify, local_radii, one_hidden_layer
+from robustproto.certify import certify, certify_summary, local_gains, local_radii, one_hidden_layer
 from robustproto.data import load_split
 
 N_TEST = 64  # test points per trained model: enough for 50 certified ones, few enough for the attacks
@@ -298,3 +298,78 @@ def test_a_head_without_margin_and_other_norms_are_one_line_errors(mnist_like):
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="L2 radii"):
         certify(_model(mnist_like, "flatten", "glvq"), (x, y), norm="Linf")
+
+
+def _linear_embedding(singular_values, std):
+    """``flatten`` and a linear neck ``A`` with the given singular values: ``φ(x) = A (x − 0.1)/std``."""
+    model = robustproto.wrap("flatten", head="linear", num_classes=3, embed_dim=len(singular_values), img_size=6,
+                             mean=[0.1], std=[std]).eval()
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(len(singular_values), len(singular_values), generator=g))
+    v, _ = torch.linalg.qr(torch.randn(36, len(singular_values), generator=g))
+    with torch.no_grad():
+        model.neck.weight.copy_(u @ torch.diag(torch.tensor(singular_values)) @ v.t())
+    return model
+
+
+def test_the_local_gain_of_a_linear_embedding_is_its_exact_norm_at_every_point_and_attains_the_bound():
+    model = _linear_embedding([3.0, 1.0, 0.5, 0.25], std=0.5)  # ‖A‖₂/std = 6
+    x = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    gains = local_gains(model, x, 20, torch.Generator().manual_seed(0))
+    assert gains.shape == (40,)
+    assert gains == pytest.approx(torch.full((40,), 6.0), rel=1e-4)
+    report = certify(model, (x, torch.zeros(40, dtype=torch.long)), tightness_samples=32)
+    assert report["lipschitz_constant"] == pytest.approx(6.0, rel=1e-5)
+    assert report["local_gain_max"] == pytest.approx(6.0, rel=1e-4)
+    assert report["local_gain_median"] == pytest.approx(6.0, rel=1e-4)
+    assert report["bound_tightness"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_local_gains_match_the_largest_singular_value_of_each_points_jacobian(mnist_like):
+    """Batched power iteration on a ReLU CNN with max-pooling equals σ_max of the per-point autograd Jacobian."""
+    x, _ = mnist_like
+    model = _model(mnist_like, "kp_cnn_mnist", "linear", widths=(2, 4), feature_dim=6)
+    x = x[:6]
+    gains = local_gains(model, x, 100, torch.Generator().manual_seed(0))
+    for xi, gain in zip(x, gains):
+        jacobian = torch.autograd.functional.jacobian(lambda image: model.embed(image[None])[0], xi).flatten(1)
+        exact = float(torch.linalg.matrix_norm(jacobian.double(), ord=2))
+        assert float(gain) <= exact * (1 + 1e-5)
+        assert float(gain) == pytest.approx(exact, rel=1e-3)
+
+
+def test_the_tightness_report_on_a_relu_cnn_is_a_deterministic_lower_bound_that_touches_nothing(mnist_like):
+    x, y = mnist_like
+    model = _model(mnist_like, "kp_cnn_mnist", "linear", widths=(4, 8), feature_dim=8, batch_norm=True,
+                   drop_rate=0.5)
+    model.train()
+    with torch.no_grad():
+        model(x)  # running statistics away from their initial values
+    model.head.eval()  # a mix of modes
+    modes = {name: m.training for name, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    first = certify(model, (x, y), tightness_samples=20, tightness_iterations=10)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert certify(model, (x, y), tightness_samples=20, tightness_iterations=10) == first
+    assert 0 < first["local_gain_median"] <= first["local_gain_max"] <= first["lipschitz_constant"]
+    assert first["bound_tightness"] == first["lipschitz_constant"] / first["local_gain_max"]
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    after = model.state_dict()
+    for key, value in state.items():
+        assert after[key].dtype == value.dtype and torch.equal(after[key], value), key
+    assert all(p.grad is None for p in model.parameters())
+    assert f"≥ the largest local gain found {first['local_gain_max']:.4g}" in certify_summary(first)
+
+
+def test_tightness_samples_zero_omits_the_tightness_numbers(mnist_like):
+    x, y = mnist_like
+    model = _model(mnist_like, "flatten", "linear")
+    report = certify(model, (x, y), tightness_samples=0)
+    assert report["local_gain_max"] is report["local_gain_median"] is report["bound_tightness"] is None
+    assert "local gain" not in certify_summary(report)
+    for options, name in (({"tightness_samples": -1}, "tightness_samples"),
+                          ({"tightness_iterations": 0}, "tightness_iterations")):
+        with pytest.raises(ValueError, match=name) as info:
+            certify(model, (x, y), **options)
+        assert "\n" not in str(info.value)
