@@ -22,6 +22,9 @@ BACKBONES = {
     "resnet18_cifar": ((3, 32, 32), 512, CIFAR),
     "madry_cnn_mnist": ((1, 28, 28), 1024, PIXELS),
     "preact_resnet18_cifar": ((3, 32, 32), 512, CIFAR),
+    "gloro_2c2f_mnist": ((1, 28, 28), 100, PIXELS),
+    "gloro_4c3f_mnist": ((1, 28, 28), 512, PIXELS),
+    "gloro_6c2f_cifar": ((3, 32, 32), 512, CIFAR),
 }
 
 
@@ -150,3 +153,25 @@ def test_preact_resnet18_blocks_and_lipschitz_bound():
     wrapped = robustproto.wrap(model, head="linear", num_classes=10).eval()
     bound = robustproto.lipschitz_upper_bound(wrapped, (3, 32, 32))  # loose: pre-conv BatchNorms are not folded
     assert 0 < bound < float("inf")
+
+
+# GloRo's networks: (convolutions as (out, kernel, stride), parameters with a 10-class dense layer as in klasleino/gloro)
+GLORO = {
+    "gloro_2c2f_mnist": ([(16, 4, 2), (32, 4, 2)], 166_406),
+    "gloro_4c3f_mnist": ([(32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)], 1_974_762),
+    "gloro_6c2f_cifar": ([(32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 2)], 2_250_378),
+}
+
+
+@pytest.mark.parametrize("name", GLORO)
+def test_gloro_cnns_follow_the_paper_and_are_certifiable(name):
+    convs, params = GLORO[name]
+    shape = BACKBONES[name][0]
+    model = timm.create_model(name, num_classes=10)
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in layers] == convs
+    assert sum(p.numel() for p in model.parameters()) == params
+    # downsampling by strided convolutions only: nothing the bound treats loosely or cannot follow
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.MaxPool2d)) for m in model.modules())
+    wrapped = robustproto.wrap(name, head="glvq", num_classes=10, in_chans=shape[0])
+    assert 0 < robustproto.lipschitz_upper_bound(wrapped, shape) < float("inf")
