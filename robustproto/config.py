@@ -138,6 +138,7 @@ class TrainConfig:
         """Plain JSON-able dict (``reg`` as ``["name:k=v,..."]`` strings, as a recipe writes it)."""
         out = {f.name: thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["reg"] = [format_reg(name, opts) for name, opts in self.reg]
+        out["log_with"] = list(self.log_with)
         for key in ("mean", "std"):
             out[key] = None if out[key] is None else list(out[key])
         return out

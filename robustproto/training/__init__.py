@@ -18,7 +18,8 @@ cannot work with the config's values, fail before the first step with a
 
 Modules: :mod:`.step` (one step and one epoch: :class:`TrainStep`, :func:`compute_losses`,
 :func:`train_one_epoch`), :mod:`.setup` (data, model, regularizers, prepared objects, resume),
-:mod:`.optim` (optimizer and scheduler, probed), :mod:`.loop` (:func:`train`).
+:mod:`.optim` (optimizer and scheduler, probed), :mod:`.trackers` (``log_with``: Accelerate's experiment trackers),
+:mod:`.loop` (:func:`train`).
 """
 
 from .loop import TrainResult, train

@@ -21,6 +21,7 @@ from ..model import ProtoModel
 from ..utils import eval_mode
 from .setup import PreparedRun, prepare_run
 from .step import EpochResult, train_one_epoch
+from .trackers import PROJECT, TRACKER_DIR, epoch_values, resolve_trackers, tracker_config, tracker_init_kwargs
 
 __all__ = ["TrainResult", "train"]
 
@@ -170,6 +171,7 @@ def _finish_epoch(run: PreparedRun, cfg: TrainConfig, accelerator, epoch: int, s
     if accelerator.is_main_process:
         checkpoint.save_model(run.model, run.out / checkpoint.MODEL_FILE, cfg.to_dict())
         checkpoint.append_jsonl(run.out / checkpoint.METRICS_FILE, [record])
+        accelerator.log(epoch_values(record), step=epoch + 1)
     run.last_good = str(checkpoint.save_state(accelerator, run.out, {
         "epoch": epoch + 1, "step_in_epoch": 0, "global_step": run.global_step}))
     return record
@@ -182,7 +184,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     ``torchrun``/``accelerate launch`` (gloo on CPU, NCCL on GPUs), each process calling it with the same config.
     With ``cfg.resume`` it continues the saved state of that run folder exactly where it stopped (the same
     weights as an uninterrupted run). Raises :class:`~robustproto.errors.UsageError` or
-    :class:`~robustproto.errors.MissingFileError` before the first step for a config that cannot work,
+    :class:`~robustproto.errors.MissingFileError` before the first step for a config that cannot work (a
+    ``log_with`` tracker that is not installed included),
     :class:`~robustproto.errors.NonFiniteLossError` naming the step and the last good checkpoint when the loss
     becomes NaN or infinite, and :class:`KeyboardInterrupt` after Ctrl-C (SIGINT) once the current step is done
     and a resumable state is saved.
@@ -192,10 +195,15 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # Accelerate only forms a CPU process group (gloo) when told it runs on CPU, e.g. under torchrun
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu)
+    trackers = resolve_trackers(cfg.log_with)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu, log_with=trackers or None,
+                              project_dir=str(Path(cfg.output) / TRACKER_DIR) if trackers else None)
     try:
         return _train(cfg, accelerator)
     finally:
+        # not accelerator.end_training(): it would also destroy the process group, which stays (see below)
+        for tracker in accelerator.trackers:
+            tracker.finish()
         # Accelerate keeps its settings in a process-wide singleton; forget them (the process group stays)
         # so a later run in the same interpreter may use another mixed precision
         AcceleratorState._reset_state()
@@ -206,6 +214,8 @@ def _train(cfg: TrainConfig, accelerator) -> TrainResult:
 
     console = Console(quiet=not accelerator.is_main_process, highlight=False, soft_wrap=True)
     run = prepare_run(cfg, accelerator)
+    if accelerator.log_with:
+        accelerator.init_trackers(PROJECT, config=tracker_config(cfg), init_kwargs=tracker_init_kwargs(cfg))
     console.print(f"training {run.model.spec['backbone']} + {cfg.head} head on {cfg.dataset} "
                   f"({len(run.train_data)} train / {len(run.test_data)} test, {accelerator.num_processes} "
                   f"process(es), {accelerator.device}, mixed precision {cfg.mixed_precision})")
