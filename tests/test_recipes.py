@@ -25,11 +25,13 @@ PAPERS = {"saralajew": "Saralajew", "khalid": "Khalid & Paaßen", "serban": "Ser
           # issue 12, adversarial training: Madry's and Khalid & Paaßen's MNIST CNNs, Wong, Rice, Zhang on CIFAR-10,
           # robustness tuning of a pretrained timm model
           "madry": "Madry", "kp": "Khalid & Paaßen", "wong": "Wong", "rice": "Rice", "zhang": "Zhang",
-          "finetune": "Madry"}
+          "finetune": "Madry",
+          # issue 13, certified training against GloRo's numbers on GloRo's networks
+          "gloro": "Leino, Wang & Fredrikson"}
 # the issue's experiments: 6 + 8 + 2 + 4; issue 12: {madry, kp} × {linear, glvq} × {pgd-at, trades, fgsm-rs},
 # Wong, Rice, Zhang, the fine-tuning recipe and Serban's repulsive head with PGD-AT
 EXPECTED = {"saralajew": 6, "khalid": 8, "serban": 3, "hein": 4,
-            "madry": 6, "kp": 6, "wong": 1, "rice": 1, "zhang": 1, "finetune": 1}
+            "madry": 6, "kp": 6, "wong": 1, "rice": 1, "zhang": 1, "finetune": 1, "gloro": 3}
 ADVERSARIAL_TRAINING = ("pgd-at", "fgsm-rs", "trades")
 STEP = 8  # samples per smoke run: one optimiser step of this batch size
 
@@ -87,6 +89,13 @@ def test_recipe_eval_table_is_what_eval_and_certify_run(path):
         # the paper's CE-FGSM beside FGSM on the scale-free margin
         assert settings.attacks == {"Linf": ("fgsm@ce", "fgsm@margin")} and settings.eps["Linf"][1] == 0.001
         assert max(settings.eps["Linf"]) == top
+    if paper == "gloro":
+        # certified accuracy at the paper's radius, and the minimal attacks whose distances bound every radius
+        (name, opts), = resolve_config(recipe).reg
+        assert name == "lipschitz-margin" and recipe.certify_config().norm == "L2"
+        paper_radius = {"2c2f": 0.3, "4c3f": 1.58, "6c2f": 36 / 255}[path.stem.split("-")[2]]
+        assert any(math.isclose(r, paper_radius, abs_tol=1e-4) for r in recipe.certify_config().radii)
+        assert settings.attacks == {"L2": ("fab", "cw", "deepfool")}
     adversarial = [(name, opts) for name, opts in resolve_config(recipe).reg if name in ADVERSARIAL_TRAINING]
     if paper in ("madry", "kp", "wong", "rice", "zhang", "finetune"):
         assert len(adversarial) == 1, "an adversarial-training recipe trains with one of pgd-at, fgsm-rs, trades"
