@@ -13,6 +13,7 @@ from .checkpoint import load
 from .config import CertifyConfig, EvalConfig, Recipe, TrainConfig, load_recipe
 from .errors import AttackError
 from .evaluation import evaluate, report_json, robustness_figure, save_robustness_curves, write_report
+from .export import export
 from .head import Head, affine_margin, squared_euclidean, working_dtype
 from .lipschitz import lipschitz_upper_bound
 from .model import Normalize, ProtoModel, wrap
@@ -55,6 +56,7 @@ __all__ = [
     "create_head",
     "create_regularizer",
     "evaluate",
+    "export",
     "init_head_from_data",
     "lipschitz_upper_bound",
     "list_plugins",

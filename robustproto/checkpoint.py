@@ -10,6 +10,11 @@
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a crash
 never leaves a half-written file; the state folder is swapped in the same spirit.
+
+A checkpoint may store its tensors under other names than the ProtoModel's, as ``robustproto export`` does so that
+timm loads the same file: its metadata ``state_dict_names`` (JSON ``{name in the file: name in the model}``) then
+maps every tensor, and the normalisation buffers, which such a file does not hold, keep the values :func:`build_model`
+gives them from the spec.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
@@ -29,7 +34,7 @@ from .utils import atomic_write, describe_error, package_version
 if TYPE_CHECKING:
     from .model import ProtoModel
 
-__all__ = ["append_jsonl", "load", "load_run_config", "load_state", "read_jsonl", "read_metadata",
+__all__ = ["append_jsonl", "build_model", "load", "load_run_config", "load_state", "read_jsonl", "read_metadata",
            "require_state", "save_model", "save_state", "state_dir", "weights_sha256", "write_json"]
 
 MODEL_FILE = "model.safetensors"
@@ -125,7 +130,8 @@ def _model_file(path: str | Path) -> Path:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata of a robustproto checkpoint (``spec``, ``config``, ``plugins`` parsed from JSON)."""
+    """The metadata of a robustproto checkpoint (``spec``, ``config``, ``plugins``, ``state_dict_names`` parsed from
+    JSON, ``{}`` where absent)."""
     from safetensors import safe_open
 
     file = _model_file(path)
@@ -139,35 +145,59 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{file} is a safetensors file but not a robustproto checkpoint (no model spec in its "
                          "metadata); load plain weights with safetensors.torch.load_file")
     meta: dict[str, Any] = dict(raw)
-    for key in ("spec", "config", "plugins"):
+    for key in ("spec", "config", "plugins", "state_dict_names"):
         meta[key] = json.loads(raw.get(key) or "{}")
     return meta
 
 
+def build_model(spec: dict[str, Any]) -> "ProtoModel":
+    """A freshly initialised ProtoModel of ``spec`` (what :attr:`ProtoModel.spec` holds): the model a checkpoint's
+    weights are loaded into."""
+    from .model import wrap
+
+    spec = dict(spec)
+    return wrap(spec.pop("backbone"), head=spec.pop("head"), num_classes=spec.pop("num_classes"),
+                embed_dim=spec.pop("embed_dim"), head_options=spec.pop("head_options"),
+                mean=spec.pop("mean"), std=spec.pop("std"), **spec.pop("backbone_kwargs"))
+
+
+def _load_renamed(model: torch.nn.Module, file: Path, names: dict[str, str]) -> None:
+    """Load a file whose tensors carry other names (``names``: file → model); only ``normalize.*`` may be absent."""
+    from safetensors.torch import load_file
+
+    state = model.state_dict()
+    tensors = load_file(str(file))
+    unknown = sorted(set(tensors) - set(names)) + sorted(set(names.values()) - set(state))
+    missing = sorted(k for k in set(state) - set(names.values()) if not k.startswith("normalize."))
+    if unknown or missing:
+        raise ValueError(f"tensors the model lacks {unknown[:3]}, model weights the file lacks {missing[:3]}")
+    state.update({names[k]: v for k, v in tensors.items()})
+    model.load_state_dict(state, strict=True)
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> "ProtoModel":
-    """Rebuild a trained model from ``OUT`` (or ``OUT/model.safetensors``), in eval mode on ``device``.
+    """Rebuild a trained model from ``OUT`` (or ``OUT/model.safetensors``), in eval mode on ``device``; ``OUT`` may
+    also be a folder written by ``robustproto export``.
 
     Plugins are looked up by name; a missing one raises :class:`robustproto.PluginError` that
     names the distribution that provided it when the model was saved.
     """
     from safetensors.torch import load_model
 
-    from .model import wrap
-
     file = _model_file(path)
     meta = read_metadata(file)
-    spec = dict(meta["spec"])
     try:
-        model = wrap(spec.pop("backbone"), head=spec.pop("head"), num_classes=spec.pop("num_classes"),
-                     embed_dim=spec.pop("embed_dim"), head_options=spec.pop("head_options"),
-                     mean=spec.pop("mean"), std=spec.pop("std"), **spec.pop("backbone_kwargs"))
+        model = build_model(meta["spec"])
     except PluginError as exc:
         sources = meta["plugins"]
         hint = "; ".join(f"its {kind} '{info['name']}' came from {info['source']}"
                          for kind, info in sources.items() if info.get("source"))
         raise PluginError(f"cannot rebuild {file}: {exc}. {hint} (pip install that distribution)") from exc
     try:
-        load_model(model, str(file), strict=True)
+        if meta["state_dict_names"]:
+            _load_renamed(model, file, meta["state_dict_names"])
+        else:
+            load_model(model, str(file), strict=True)
     except Exception as exc:
         raise UsageError(f"cannot load the weights of {file}: {describe_error(exc)}; the file is corrupt or was written by "
                          "an incompatible version of a plugin") from exc

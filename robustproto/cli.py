@@ -255,6 +255,28 @@ def train(
         sys.exit(130)
 
 
+@app.command("export")
+def export_command(
+    run: str = typer.Argument(..., help="Run folder of `robustproto train` (or its model.safetensors)."),
+    out: str = typer.Argument(..., help="Folder to write: model.safetensors, config.json, README.md."),
+    report: list[str] = typer.Option(None, "--report", help="Eval/certify report for the model card (repeatable); "
+                                                            "without it, the reports in RUN."),
+    force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty OUT."),
+    push_to_hub: str = typer.Option(None, "--push-to-hub", help="Then upload OUT to this Hub repo (user/name); "
+                                                                "needs huggingface_hub and a login."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+) -> None:
+    """Write a trained model in Hugging Face's layout with a model card; linear-head models load in plain timm."""
+    _writable(out, "out", folder=True)
+    result = robustproto.export(run, out, reports=report or None, force=force, push_to_hub=push_to_hub,
+                                private=private)
+    how = ("timm.create_model(\"local-dir:" + out + "\", pretrained=True) or robustproto.load" if result["timm_loadable"]
+           else f"robustproto.load (not timm: {result['not_timm_because']})")
+    typer.echo(f"wrote {out} with {len(result['reports'])} report(s) in its model card; load it with {how}")
+    if result["url"]:
+        typer.echo(f"uploaded to {result['url']}")
+
+
 show_app = typer.Typer(no_args_is_help=True, help="Pictures of trained models (PNG): prototypes, adversarial examples, "
                                                   "robustness curves.")
 app.add_typer(show_app, name="show")

@@ -24,9 +24,19 @@ def cfg(input_size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[fl
     }
 
 
+def _names_weights(pretrained_cfg: Any) -> bool:
+    """Whether a pretrained cfg passed to ``timm.create_model`` locates weights (a file, folder, URL or Hub repo)."""
+    if hasattr(pretrained_cfg, "to_dict"):
+        pretrained_cfg = pretrained_cfg.to_dict()
+    return isinstance(pretrained_cfg, dict) and any(pretrained_cfg.get(k) for k in ("file", "url", "hf_hub_id",
+                                                                                     "state_dict"))
+
+
 def build(model_cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
-    """``timm.models.build_model_with_cfg`` for a model that has no pretrained weights."""
-    if pretrained:
+    """``timm.models.build_model_with_cfg`` for a model that ships no pretrained weights: ``pretrained=True`` needs
+    weights named by the caller's pretrained cfg, as ``timm.create_model("local-dir:DIR", pretrained=True)`` and
+    ``"hf-hub:REPO"`` pass for a folder written by ``robustproto export``."""
+    if pretrained and not _names_weights(kwargs.get("pretrained_cfg")):
         raise UsageError(f"'{variant}' has no pretrained weights: create it with pretrained=False "
                          "(train it, or load your own checkpoint)")
     return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
