@@ -18,7 +18,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import UsageError
-from .operators import LayerOperator, computes_like, conv2d_norm_bound, power_iteration_step, rayleigh_sigma
+from .operators import (LayerOperator, adopt_saved_shapes, computes_like, conv2d_norm_bound, power_iteration_step,
+                        rayleigh_sigma)
 
 __all__ = ["LipschitzEstimate", "lipschitz_upper_bound"]
 
@@ -406,11 +407,7 @@ class LipschitzEstimate(nn.Module):
         return torch.as_tensor(value, dtype=torch.float32)  # a float where no layer has weights
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # a vector saved at another input size: take its shape now, restart it at the next call
-        for name, buf in list(self._buffers.items()):
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != buf.shape:
-                self._buffers[name] = torch.empty_like(saved, device=buf.device)
+        adopt_saved_shapes(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -21,7 +21,8 @@ from torch import nn
 
 from .errors import UsageError
 
-__all__ = ["MODES", "LayerOperator", "computes_like", "conv2d_norm_bound", "power_iteration_step", "rayleigh_sigma"]
+__all__ = ["MODES", "LayerOperator", "adopt_saved_shapes", "computes_like", "conv2d_norm_bound", "power_iteration_step",
+           "rayleigh_sigma"]
 
 MODES = ("reshape", "operator")
 
@@ -97,6 +98,19 @@ class LayerOperator:
                    for n, s, p, d, k in zip(u.shape[2:], m.stride, m.padding, m.dilation, m.kernel_size)]
         output_padding = tuple(e - n for e, n in zip(expected, natural))  # rows a stride skipped
         return F.conv_transpose2d(u, weight, None, m.stride, m.padding, output_padding, m.groups, m.dilation)
+
+
+def adopt_saved_shapes(module: nn.Module, state_dict: dict, prefix: str) -> None:
+    """Give ``module``'s buffers the shapes they have in ``state_dict``, before ``load_state_dict`` copies them in.
+
+    Power-iteration vectors of a convolution are sized by the input the layer sees, which a checkpoint may have
+    seen at another size than the module now holds; taking the saved shape lets the load succeed, and the vector is
+    restarted at its next use if the input size differs then. Call it first in ``_load_from_state_dict``.
+    """
+    for name, buf in list(module._buffers.items()):
+        saved = state_dict.get(prefix + name)
+        if saved is not None and buf is not None and saved.shape != buf.shape:
+            module._buffers[name] = torch.empty_like(saved, device=buf.device)
 
 
 def _normalized(t: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from robustproto.errors import UsageError
 from robustproto.regularizer import BatchContext
 from robustproto.training import TrainStep, compute_losses
 from robustproto_plugins.regularizers.adversarial import _kl
-from test_regularizers import DDP_WORKER as REGULARIZER_WORKER, torchrun
+from test_regularizers import DDP_PREAMBLE, torchrun
 
 NAMES = ("pgd-at", "fgsm-rs", "trades")
 EPS = 0.1
@@ -217,7 +217,7 @@ def test_adversarial_training_learns_and_is_more_robust_than_plain_training(reg,
 # --- DDP: two processes, the same gradients as one ---------------------------------------------------------------
 
 # the set-up of test_regularizers' worker (process group, model, its copy, the global batch), then the plugins
-DDP_WORKER = REGULARIZER_WORKER[:REGULARIZER_WORKER.index("projections = ")] + '''
+DDP_WORKER = DDP_PREAMBLE + '''
 import contextlib
 from robustproto.training import compute_losses
 

@@ -210,15 +210,22 @@ def test_a_head_that_declares_affine_scores_falsely_is_a_bug_with_a_traceback(mn
         certify(model, (x, y))
 
 
-def test_certify_leaves_modes_and_buffers_exactly_as_found(mnist_like):
-    x, y = mnist_like
-    model = _model(mnist_like, "kp_cnn_mnist", "glvq", widths=(4, 8), feature_dim=8, batch_norm=True, drop_rate=0.5)
+def _mixed_mode_model(mnist_like, head):
+    """A small CNN with BatchNorm (running statistics away from their initial values) and dropout, in training
+    mode but for its head: what certify must leave exactly as found. Returns it, its modes and a copy of its state."""
+    x, _ = mnist_like
+    model = _model(mnist_like, "kp_cnn_mnist", head, widths=(4, 8), feature_dim=8, batch_norm=True, drop_rate=0.5)
     model.train()
     with torch.no_grad():
-        model(x)  # running statistics away from their initial values
-    model.head.eval()  # a mix of modes
-    modes = {name: m.training for name, m in model.named_modules()}
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+        model(x)
+    model.head.eval()
+    return model, {name: m.training for name, m in model.named_modules()}, \
+        {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_certify_leaves_modes_and_buffers_exactly_as_found(mnist_like):
+    x, y = mnist_like
+    model, modes, state = _mixed_mode_model(mnist_like, "glvq")
     report = certify(model, (x[:8], y[:8]))
     assert len(report["radii"]) == 8
     assert {name: m.training for name, m in model.named_modules()} == modes
@@ -340,14 +347,7 @@ def test_local_gains_match_the_largest_singular_value_of_each_points_jacobian(mn
 
 def test_the_tightness_report_on_a_relu_cnn_is_a_deterministic_lower_bound_that_touches_nothing(mnist_like):
     x, y = mnist_like
-    model = _model(mnist_like, "kp_cnn_mnist", "linear", widths=(4, 8), feature_dim=8, batch_norm=True,
-                   drop_rate=0.5)
-    model.train()
-    with torch.no_grad():
-        model(x)  # running statistics away from their initial values
-    model.head.eval()  # a mix of modes
-    modes = {name: m.training for name, m in model.named_modules()}
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model, modes, state = _mixed_mode_model(mnist_like, "linear")
     rng = torch.get_rng_state()
     first = certify(model, (x, y), tightness_samples=20, tightness_iterations=10)
     assert torch.equal(torch.get_rng_state(), rng)

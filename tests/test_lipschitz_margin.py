@@ -11,7 +11,7 @@ from robustproto import Normalize, ProtoModel, create_head, create_regularizer
 from robustproto.data import load_split
 from robustproto.errors import UsageError
 from robustproto_plugins.regularizers.lipschitz_margin import log_hinge
-from test_regularizers import penalty_of_step, step_context, torchrun
+from test_regularizers import DDP_PREAMBLE, penalty_of_step, step_context, torchrun
 
 
 def linear_glvq(matrix: torch.Tensor, std: float = 0.5) -> ProtoModel:
@@ -162,22 +162,7 @@ def test_training_with_it_grows_the_certified_radius_beyond_plain_training():
     assert accuracy["lipschitz-margin"] > 0.5  # it learned to classify too (10 classes)
 
 
-DDP_WORKER = '''
-import copy, sys
-import torch, torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-import robustproto
-from robustproto import StepContext, create_regularizer
-from robustproto.training import TrainStep
-
-dist.init_process_group("gloo")
-rank, world = dist.get_rank(), dist.get_world_size()
-torch.manual_seed(0)
-model = robustproto.wrap("kp_cnn_mnist", head="glvq", num_classes=10, img_size=12)
-single = copy.deepcopy(model)
-g = torch.Generator().manual_seed(1)
-x, y = torch.rand(8, 1, 12, 12, generator=g), torch.arange(8) % 10
-
+DDP_WORKER = DDP_PREAMBLE + '''
 
 def gradients(module, net, rows):
     for p in net.parameters():

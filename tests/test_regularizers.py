@@ -368,7 +368,9 @@ def test_penalties_are_float32_and_finite_under_bf16_autocast(name, options):
     assert all(torch.isfinite(p.grad).all() for p in model.backbone.parameters() if p.grad is not None)
 
 
-DDP_WORKER = '''
+# A 2-process worker's start: the same model in both processes (``model`` goes into DDP, ``single`` runs the whole
+# batch alone) and one global batch ``x, y`` of 8 images, which the processes split.
+DDP_PREAMBLE = '''
 import copy, sys
 import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -383,7 +385,8 @@ model = robustproto.wrap("kp_cnn_mnist", head="glvq", num_classes=10, img_size=1
 single = copy.deepcopy(model)
 g = torch.Generator().manual_seed(1)
 x, y = torch.rand(8, 1, 12, 12, generator=g), torch.arange(8) % 10
-projections = torch.randn(8, 10, generator=g)
+'''
+DDP_WORKER = DDP_PREAMBLE + '''projections = torch.randn(8, 10, generator=g)
 
 
 def gradients(module, net, mode, rows):

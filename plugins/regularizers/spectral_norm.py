@@ -7,7 +7,7 @@ from torch import nn
 
 from robustproto import RegularizedModel, Regularizer, StepContext
 from robustproto.errors import UsageError
-from robustproto.operators import MODES, LayerOperator, power_iteration_step, rayleigh_sigma
+from robustproto.operators import MODES, LayerOperator, adopt_saved_shapes, power_iteration_step, rayleigh_sigma
 
 
 class SpectralNormPenalty(Regularizer):
@@ -108,11 +108,7 @@ class SpectralNormPenalty(Regularizer):
         return 0.5 * self.weight * total
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # operator-mode vectors are sized by the input the layer saw: take the saved size
-        for name, buf in list(self._buffers.items()):
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != buf.shape:
-                self._buffers[name] = torch.empty_like(saved, device=buf.device)
+        adopt_saved_shapes(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def metrics(self) -> dict[str, float]:
