@@ -3,6 +3,8 @@
 ``OUT/model.safetensors``  weights of the ProtoModel; metadata: ``config`` (resolved TrainConfig
                            JSON), ``spec`` (what :func:`robustproto.wrap` needs), ``plugins``
                            (which distribution provided the head and backbone), ``robustproto_version``
+``OUT/model_ema.safetensors``  (``--model-ema``) the EMA of the weights, in the same format; load it with
+                           ``load(OUT, ema=True)``
 ``OUT/config.json``        the resolved TrainConfig
 ``OUT/metrics.jsonl``      one JSON object per completed epoch
 ``OUT/state/``             Accelerate ``save_state`` (weights, optimizer, RNG, scaler) plus
@@ -38,6 +40,7 @@ __all__ = ["append_jsonl", "build_model", "load", "load_run_config", "load_state
            "require_state", "save_model", "save_state", "state_dir", "weights_sha256", "write_json"]
 
 MODEL_FILE = "model.safetensors"
+EMA_FILE = "model_ema.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "state"
@@ -120,9 +123,12 @@ def save_model(model: "ProtoModel", path: Path, config: dict[str, Any] | None = 
     atomic_write(Path(path), lambda tmp: _save(model, tmp, metadata=metadata))
 
 
-def _model_file(path: str | Path) -> Path:
+def _model_file(path: str | Path, ema: bool = False) -> Path:
     path = Path(path)
-    file = path / MODEL_FILE if path.is_dir() or path.suffix != ".safetensors" else path
+    file = path / (EMA_FILE if ema else MODEL_FILE) if path.is_dir() or path.suffix != ".safetensors" else path
+    if ema and not file.is_file():
+        raise MissingFileError(f"no EMA weights at {file}: the run was trained without --model-ema (load the raw "
+                                "weights without ema=True)")
     if not file.is_file():
         raise MissingFileError(f"no model checkpoint at {file}: pass the output folder of `robustproto train` "
                                 f"(it holds {MODEL_FILE})")
@@ -175,16 +181,17 @@ def _load_renamed(model: torch.nn.Module, file: Path, names: dict[str, str]) -> 
     model.load_state_dict(state, strict=True)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> "ProtoModel":
+def load(path: str | Path, device: str | torch.device = "cpu", *, ema: bool = False) -> "ProtoModel":
     """Rebuild a trained model from ``OUT`` (or ``OUT/model.safetensors``), in eval mode on ``device``; ``OUT`` may
-    also be a folder written by ``robustproto export``.
+    also be a folder written by ``robustproto export``. With ``ema=True`` a run folder gives its EMA weights
+    (``OUT/model_ema.safetensors``, written by ``--model-ema``; that file's path loads them too).
 
     Plugins are looked up by name; a missing one raises :class:`robustproto.PluginError` that
     names the distribution that provided it when the model was saved.
     """
     from safetensors.torch import load_model
 
-    file = _model_file(path)
+    file = _model_file(path, ema)
     meta = read_metadata(file)
     try:
         model = build_model(meta["spec"])

@@ -20,7 +20,7 @@ from ..config import TrainConfig
 from ..model import ProtoModel
 from ..utils import eval_mode
 from .setup import PreparedRun, prepare_run
-from .step import EpochResult, train_one_epoch
+from .step import EpochResult, TrainStep, train_one_epoch
 from .trackers import PROJECT, TRACKER_DIR, epoch_values, resolve_trackers, tracker_config, tracker_init_kwargs
 
 __all__ = ["TrainResult", "train"]
@@ -76,11 +76,13 @@ def _progress(console, enabled: bool):
 
 
 def _evaluate(step_module: nn.Module, loader: DataLoader, accelerator) -> float:
-    """Accuracy over the test set, each sample counted exactly once across processes."""
+    """Accuracy over the test set, each sample counted exactly once across processes; under the run's autocast
+    also for a module Accelerate did not prepare (the EMA's)."""
     correct = total = 0
     with eval_mode(step_module), torch.no_grad():
         for x, y in loader:
-            _, scores, _ = step_module(x, [])
+            with accelerator.autocast():
+                _, scores, _ = step_module(x, [])
             pred, y = accelerator.gather_for_metrics((scores.argmax(1), y))
             correct += int((pred == y).sum())
             total += len(y)
@@ -116,10 +118,18 @@ def _epoch(run: PreparedRun, cfg: TrainConfig, accelerator, epoch: int, stop: _S
     result = train_one_epoch(run.step_module, run.model, run.regs, run.train_loader, run.optimizer, accelerator,
                              epoch=epoch, global_step=run.global_step, resume_at=run.resume_at, sums=run.partial,
                              freeze_backbone=epoch < cfg.freeze_backbone_epochs, should_stop=lambda: stop.set,
-                             on_step=show, last_good=last_good)
+                             on_step=show, last_good=last_good, clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode,
+                             ema=run.ema)
     bar.remove_task(task)
     run.global_step, run.resume_at, run.partial = result.global_step, 0, None
     return result
+
+
+def _save_models(run: PreparedRun, cfg: TrainConfig) -> None:
+    """Write the raw weights and, with ``--model-ema``, the EMA's beside them (main process only)."""
+    checkpoint.save_model(run.model, run.out / checkpoint.MODEL_FILE, cfg.to_dict())
+    if run.ema is not None:
+        checkpoint.save_model(run.ema.module, run.out / checkpoint.EMA_FILE, cfg.to_dict())
 
 
 def _save_interrupted(run: PreparedRun, cfg: TrainConfig, accelerator, epoch: int, result: EpochResult) -> Path:
@@ -129,7 +139,7 @@ def _save_interrupted(run: PreparedRun, cfg: TrainConfig, accelerator, epoch: in
         "epoch": epoch, "step_in_epoch": result.batches_done, "global_step": result.global_step,
         "partial": result.sums})
     if accelerator.is_main_process:
-        checkpoint.save_model(run.model, run.out / checkpoint.MODEL_FILE, cfg.to_dict())
+        _save_models(run, cfg)
     return path
 
 
@@ -146,12 +156,16 @@ def _finish_epoch(run: PreparedRun, cfg: TrainConfig, accelerator, epoch: int, s
     _sync_buffers(run.model, accelerator)
     eval_started = time.perf_counter()
     test_acc = _evaluate(run.step_module, run.test_loader, accelerator)
+    if run.ema is not None:
+        _sync_buffers(run.ema.module, accelerator)
+        test_acc_ema = _evaluate(TrainStep(run.ema.module, cfg.channels_last), run.test_loader, accelerator)
     seen = float(totals[2])
     record: dict[str, Any] = {
         "epoch": epoch + 1,
         "train_loss": float(totals[0]) / seen,
         "train_acc": float(totals[1]) / seen,
         "test_acc": test_acc,
+        **({"test_acc_ema": test_acc_ema} if run.ema is not None else {}),
         "seconds": train_seconds + time.perf_counter() - eval_started,
         "images_per_second": seen / max(train_seconds, 1e-9),
         "lr": run.optimizer.param_groups[0]["lr"],
@@ -169,7 +183,7 @@ def _finish_epoch(run: PreparedRun, cfg: TrainConfig, accelerator, epoch: int, s
         run.scheduler.step(epoch + 1)
     run.history.append(record)
     if accelerator.is_main_process:
-        checkpoint.save_model(run.model, run.out / checkpoint.MODEL_FILE, cfg.to_dict())
+        _save_models(run, cfg)
         checkpoint.append_jsonl(run.out / checkpoint.METRICS_FILE, [record])
         accelerator.log(epoch_values(record), step=epoch + 1)
     run.last_good = str(checkpoint.save_state(accelerator, run.out, {
@@ -183,7 +197,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     Runs under Accelerate with ``cfg.mixed_precision``: on one CPU or GPU, or as one of the processes of
     ``torchrun``/``accelerate launch`` (gloo on CPU, NCCL on GPUs), each process calling it with the same config.
     With ``cfg.resume`` it continues the saved state of that run folder exactly where it stopped (the same
-    weights as an uninterrupted run). Raises :class:`~robustproto.errors.UsageError` or
+    weights, and EMA weights, as an uninterrupted run). ``cfg.grad_accum_steps`` is Accelerate's gradient
+    accumulation and ``cfg.compile`` its ``dynamo_backend="inductor"`` (the prepared training step is compiled). Raises :class:`~robustproto.errors.UsageError` or
     :class:`~robustproto.errors.MissingFileError` before the first step for a config that cannot work (a
     ``log_with`` tracker that is not installed included),
     :class:`~robustproto.errors.NonFiniteLossError` naming the step and the last good checkpoint when the loss
@@ -197,7 +212,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     trackers = resolve_trackers(cfg.log_with)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu, log_with=trackers or None,
-                              project_dir=str(Path(cfg.output) / TRACKER_DIR) if trackers else None)
+                              project_dir=str(Path(cfg.output) / TRACKER_DIR) if trackers else None,
+                              gradient_accumulation_steps=cfg.grad_accum_steps,
+                              dynamo_backend="inductor" if cfg.compile else None)
     try:
         return _train(cfg, accelerator)
     finally:

@@ -27,8 +27,8 @@ from ..utils import describe_error, eval_mode, model_device
 from .optim import create_optimizer, create_scheduler
 from .step import TrainStep, check_replaces_inputs
 
-__all__ = ["PreparedRun", "build_model", "create_regularizers", "init_head_from_data", "load_data",
-           "load_pretrained_backbone", "prepare_run"]
+__all__ = ["PreparedRun", "build_model", "check_compile", "create_ema", "create_regularizers", "init_head_from_data",
+           "load_data", "load_pretrained_backbone", "prepare_run"]
 
 
 def load_pretrained_backbone(backbone: nn.Module, path: str | Path) -> None:
@@ -164,12 +164,34 @@ def create_regularizers(cfg: TrainConfig, model: ProtoModel) -> dict[str, Regula
     return regs
 
 
+def check_compile(cfg: TrainConfig, regs: dict[str, Regularizer]) -> None:
+    """A :class:`~robustproto.errors.UsageError` when ``cfg.compile`` meets a regularizer that ``needs_input_grad``:
+    its penalty differentiates input gradients of the step again (double backward), which torch.compile's
+    training graphs do not support."""
+    needing = [n for n, r in regs.items() if r.needs_input_grad]
+    if cfg.compile and needing:
+        raise UsageError(f"compile: regularizer {', '.join(needing)} needs input gradients (double backward), which "
+                         "torch.compile does not support; drop --compile or that regularizer")
+
+
+def create_ema(cfg: TrainConfig, model: ProtoModel):
+    """timm's ``ModelEmaV3`` of ``model`` when ``cfg.model_ema``, else ``None``: its parameters are averaged with
+    ``cfg.model_ema_decay`` (timm's warm-up with ``cfg.model_ema_warmup``), its buffers (BatchNorm statistics,
+    head state) copied from the raw model at each update. Call it before the regularizers attach (their hooks
+    must not be copied) and load the model's state into its ``module`` once the model is initialised."""
+    if not cfg.model_ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup, exclude_buffers=True)
+
+
 @dataclass
 class PreparedRun:
     """A run ready for its first (or next) step; what :func:`prepare_run` returns.
 
     ``model`` and ``regs`` are the unwrapped modules; ``step_module``, ``optimizer`` and the loaders are
-    Accelerate's prepared objects. ``start_epoch``, ``resume_at`` (batches of that epoch already done),
+    Accelerate's prepared objects; ``ema`` is timm's ``ModelEmaV3`` of ``model`` (``--model-ema``) or ``None``. ``start_epoch``, ``resume_at`` (batches of that epoch already done),
     ``global_step`` and ``partial`` (that epoch's running sums) say where training continues; ``history``
     holds the metrics records of the finished epochs and ``last_good`` the latest saved state, if any.
     """
@@ -190,6 +212,7 @@ class PreparedRun:
     partial: dict[str, float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     last_good: str | None = None
+    ema: Any = None
 
 
 def _resume(run: PreparedRun, cfg: TrainConfig, accelerator) -> None:
@@ -206,11 +229,13 @@ def prepare_run(cfg: TrainConfig, accelerator) -> PreparedRun:
     """Set up the run ``cfg`` describes on ``accelerator``, every process alike, and start its output folder.
 
     In order (the order fixes what the seeded RNG gives, so a run and its resumed twin agree): check a
-    ``--resume`` state exists; seed; load the data; build the model and check it fits the data; create and
-    attach the regularizers; move them to the device; initialise the head from data (not on a resume); create
-    the optimizer (probed) and scheduler; prepare the model (as a :class:`TrainStep`), optimizer and loaders;
-    register the regularizers' state for checkpointing; reseed per process; restore a resumed state and move
-    the scheduler to its epoch. The main process then writes ``config.json`` and rewrites ``metrics.jsonl`` to
+    ``--resume`` state exists; seed; load the data; build the model and check it fits the data; convert it to
+    channels-last (``--channels-last``); copy it for the EMA (``--model-ema``); create and attach the
+    regularizers (refused with ``--compile`` when one needs input gradients); move them to the device;
+    initialise the head from data (not on a resume) and start the EMA there; create the optimizer (probed) and
+    scheduler; prepare the model (as a :class:`TrainStep`), optimizer and loaders; register the regularizers'
+    and the EMA's state for checkpointing; reseed per process; restore a resumed state and move the scheduler
+    to its epoch. The main process then writes ``config.json`` and rewrites ``metrics.jsonl`` to
     the finished epochs.
     """
     from accelerate.utils import set_seed
@@ -221,12 +246,19 @@ def prepare_run(cfg: TrainConfig, accelerator) -> PreparedRun:
     train_data, test_data = load_data(cfg)
     model = build_model(cfg, train_data)
     _check_fits(model, train_data)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = create_ema(cfg, model)
     regs = create_regularizers(cfg, model)
+    check_compile(cfg, regs)
     model.to(accelerator.device)
     for reg in regs.values():
         reg.to(accelerator.device)
     if not cfg.resume:
         init_head_from_data(model, train_data, cfg.init_samples, cfg.batch_size * 2)
+    if ema is not None:
+        ema.to(accelerator.device)
+        ema.module.load_state_dict(model.state_dict())  # the EMA starts at the initialised weights
     optimizer = create_optimizer(cfg, model)
     scheduler = create_scheduler(cfg, optimizer)
     train_loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=EpochShuffleSampler(len(train_data),
@@ -234,14 +266,14 @@ def prepare_run(cfg: TrainConfig, accelerator) -> PreparedRun:
                               persistent_workers=cfg.workers > 0)
     test_loader = DataLoader(test_data, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.workers)
     step_module, optimizer, train_loader, test_loader = accelerator.prepare(
-        TrainStep(model), optimizer, train_loader, test_loader)
-    if regs:
-        accelerator.register_for_checkpointing(*regs.values())
+        TrainStep(model, cfg.channels_last), optimizer, train_loader, test_loader)
+    if regs or ema is not None:
+        accelerator.register_for_checkpointing(*regs.values(), *([ema] if ema is not None else []))
     # Models and plugin state were built from the same seed everywhere; from here on each process draws its own
     # noise (regularizer neighbours and projections, dropout, augmentation) so processes do not repeat each other.
     set_seed(cfg.seed, device_specific=True)
     run = PreparedRun(Path(cfg.output), train_data, test_data, model, regs, step_module, optimizer, scheduler,
-                      train_loader, test_loader)
+                      train_loader, test_loader, ema=ema)
     if cfg.resume:
         _resume(run, cfg, accelerator)
     if scheduler is not None:

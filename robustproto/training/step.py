@@ -19,6 +19,8 @@ from ..errors import NonFiniteLossError, UsageError
 from ..regularizer import BatchContext, Regularizer, StepContext
 
 if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
+
     from ..model import ProtoModel
 
 __all__ = ["EpochResult", "Losses", "TrainStep", "check_replaces_inputs", "clean_weight", "compute_losses",
@@ -32,22 +34,28 @@ class TrainStep(nn.Module):
     single call of ``model.embed`` on their concatenation, so DDP sees one forward per step, and returns
     ``(z, scores, extra_z)``: the embeddings of ``x`` ``(B, embed_dim)``, the head's scores of them
     ``(B, num_classes)``, and the embeddings of each ``extra`` tensor, split back in the same order. Its
-    only parameters and buffers are those of ``model``.
+    only parameters and buffers are those of ``model``. With ``channels_last`` the images are passed on in
+    channels-last memory format (the model's weights should be in it too: ``--channels-last``).
     """
 
-    def __init__(self, model: "ProtoModel"):
+    def __init__(self, model: "ProtoModel", channels_last: bool = False):
         super().__init__()
         self.model = model
+        self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor, extra: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
                                                                              list[torch.Tensor]]:
         """``(z, scores, extra_z)``: embeddings and head scores of ``x`` and the embeddings of each ``extra`` batch, from one backbone call."""
         if extra:
-            z_all = self.model.embed(torch.cat([x, *extra]))
+            x_all = torch.cat([x, *extra])
+            z_all = self.model.embed(self._memory_format(x_all))
             z, *extra_z = z_all.split([len(x), *(len(e) for e in extra)])
         else:
-            z, extra_z = self.model.embed(x), []
+            z, extra_z = self.model.embed(self._memory_format(x)), []
         return z, self.model.head(z), extra_z
+
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
 
 class Losses(NamedTuple):
@@ -159,7 +167,7 @@ class EpochResult:
             samples (multiply a batch mean by the batch size), correct predictions, samples seen, training
             seconds; they include the sums passed in when the epoch was resumed.
         batches_done: batches of this epoch done, including those skipped on a resume.
-        global_step: the global optimiser step after the last step taken.
+        global_step: the global optimiser step after the last step taken (optimizer steps, not batches).
         stopped: the stop request was seen (on any process) and the epoch ended early after a whole step;
             ``batches_done`` may still equal the epoch's length if it came during the last step.
     """
@@ -175,13 +183,17 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
                     resume_at: int = 0, sums: dict[str, float] | None = None, freeze_backbone: bool = False,
                     should_stop: Callable[[], bool] | None = None,
                     on_step: Callable[[dict[str, float], float], None] | None = None,
-                    last_good: str | None = None) -> EpochResult:
+                    last_good: str | None = None, clip_grad: float | None = None, clip_mode: str = "norm",
+                    ema: "ModelEmaV3 | None" = None) -> EpochResult:
     """Train ``model`` over one epoch of ``loader``, step by step, as ``robustproto train`` does.
 
     Every process of a run calls it with its own shard of the data. Per batch: ``x`` requires grad when a
     regularizer ``needs_input_grad``; :func:`compute_losses`; a check, agreed by all processes, that the head's
-    loss and every penalty are finite; ``accelerator.backward`` of the total; ``optimizer.step()``;
-    ``head.after_step()`` under ``torch.no_grad`` when the head ``supports_after_step``.
+    loss and every penalty are finite; ``accelerator.backward`` of the total, inside
+    ``accelerator.accumulate`` (with the accelerator's ``gradient_accumulation_steps`` N > 1 the gradients of N
+    batches add up, each loss divided by N, and only every N-th batch, and the last of a loader Accelerate
+    prepared, is an optimizer step). On an optimizer step: clipping (``clip_grad``), ``optimizer.step()``, ``head.after_step()`` under
+    ``torch.no_grad`` when the head ``supports_after_step``, the EMA's update, then the gradients are cleared.
 
     Args:
         step_module, model, regs: as for :func:`compute_losses`; ``step_module`` is put in training mode.
@@ -193,9 +205,15 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
         resume_at: batches of this epoch already done (skipped with ``accelerator.skip_first_batches``).
         sums: the running sums of those batches (from an interrupted epoch), else fresh ones.
         freeze_backbone: keep the backbone as it is: eval mode (BatchNorm statistics too) and no update.
-        should_stop: read between steps; once true on any process, every process stops after the same step.
-        on_step: called after each step with the running sums and this epoch's training seconds so far.
+        should_stop: read between batches; once true on any process, every process stops after the same
+            optimizer step (so a stop never falls inside an accumulation of gradients).
+        on_step: called after each batch with the running sums and this epoch's training seconds so far.
         last_good: the last good checkpoint as a non-finite-loss message should name it.
+        clip_grad, clip_mode: clip the gradients of the optimizer's parameters before each optimizer step, their
+            total L2 norm to ``clip_grad`` (``"norm"``) or each element to ``±clip_grad`` (``"value"``); ``None``:
+            no clipping.
+        ema: timm's ``ModelEmaV3`` of ``model``, updated after each optimizer step (after the head's hook) with
+            its fixed decay, or timm's warm-up decay of the global step when its ``use_warmup`` is set.
 
     Raises :class:`~robustproto.errors.NonFiniteLossError` (before any weight is changed by that step) naming
     the step, the non-finite terms and ``last_good``.
@@ -210,7 +228,7 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
     batches = accelerator.skip_first_batches(loader, resume_at) if resume_at else loader
     if hasattr(batches, "set_epoch"):
         batches.set_epoch(epoch)  # Accelerate's loaders pass their own epoch count on to our sampler
-    batches_done, stopped = resume_at, False
+    batches_done, stopped, stop_asked = resume_at, False, False
     started, seconds_before = time.perf_counter(), sums["seconds"]
     check_replaces_inputs(regs)
     try:
@@ -235,15 +253,24 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
                 f"{', '.join(bad) or 'on another process'}; stopped before updating the weights. "
                 f"Last good checkpoint: {last_good or 'none (no epoch finished yet)'}. "
                 "Lower --lr, use --mixed-precision no/bf16, or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(losses.total)
-        for p in frozen:
-            p.grad = None  # optimisers skip parameters without a gradient
-        optimizer.step()
-        if after_step:
-            with torch.no_grad():
-                model.head.after_step()
-        global_step += 1
+        with accelerator.accumulate(step_module):
+            accelerator.backward(losses.total)
+            # a prepared optimizer steps and clears gradients only when sync_gradients says the accumulation is done
+            stepping = accelerator.sync_gradients
+            for p in frozen:
+                p.grad = None  # optimisers skip parameters without a gradient
+            if stepping and clip_grad is not None:
+                _clip(accelerator, optimizer, clip_grad, clip_mode)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if stepping:
+            if after_step:
+                with torch.no_grad():
+                    model.head.after_step()
+            global_step += 1
+            if ema is not None:
+                # without warm-up a constant decay from the first step: decay 1 keeps the initial weights exactly
+                ema.update(model, step=global_step if ema.use_warmup else None)
         batches_done += 1
         sums["loss"] += float(terms[0]) * len(y)
         sums["correct"] += float((losses.scores.detach().argmax(1) == y).sum())
@@ -252,8 +279,18 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
             sums[f"reg/{n}"] += float(losses.penalties[n].detach()) * len(y)
         if on_step is not None:
             on_step(sums, seconds_before + time.perf_counter() - started)
-        if flags[1] > 0:  # every process saw the same flags, so they all stop after this step
+        stop_asked = stop_asked or bool(flags[1] > 0)
+        if stop_asked and stepping:  # every process saw the same flags, so they all stop after this step
             stopped = True
             break
     sums["seconds"] = seconds_before + time.perf_counter() - started
     return EpochResult(sums=sums, batches_done=batches_done, global_step=global_step, stopped=stopped)
+
+
+def _clip(accelerator, optimizer: torch.optim.Optimizer, clip_grad: float, mode: str) -> None:
+    """Clip the gradients of every parameter ``optimizer`` updates (Accelerate unscales fp16 gradients first)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if mode == "value":
+        accelerator.clip_grad_value_(params, clip_grad)
+    else:
+        accelerator.clip_grad_norm_(params, clip_grad)
