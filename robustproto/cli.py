@@ -181,6 +181,8 @@ def eval_command(
     report: str = typer.Option("report.json", "--report", help="JSON report to write (∞ written as \"inf\")."),
     plot: str = typer.Option(None, "--plot", help="PNG of the robustness curves."),
     save_examples: str = typer.Option(None, "--save-examples", help="PNG grid of adversarial examples."),
+    claim: str = typer.Option("robustbench.json", "--claim", help="With --protocol robustbench: RobustBench's "
+                                                                  "model_info JSON to write."),
     **flags: Any,
 ) -> None:
     """Attack a trained model: robust accuracy over ε, median minimal distances, gradient-masking warnings."""
@@ -188,21 +190,39 @@ def eval_command(
 
     recipe = _recipe(config)
     settings = recipe.eval_config(**_given(ctx, flags))
-    for path, option in ((report, "report"), (plot, "plot"), (save_examples, "save_examples")):
+    robustbench = settings.protocol == "robustbench"
+    for path, option in ((report, "report"), (plot, "plot"), (save_examples, "save_examples"),
+                         (claim if robustbench else None, "claim")):
         if path:
             _writable(path, option)
     run = _run_folder(model, recipe)
-    data = run_data(run, "test", dataset, data_dir, settings.n_samples)
-    result = robustproto.evaluate(
-        robustproto.load(run), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
-        batch_size=settings.batch_size, attack_options=settings.attack_options, thresholds=settings.thresholds,
-        bisection_steps=settings.bisection_steps, model_name=run, dataset_name=data.name, plot=plot,
-        save_examples=save_examples, log=typer.echo)
+    if robustbench:
+        from .checkpoint import read_metadata
+        from .evaluation import robustbench as protocol
+
+        trained = read_metadata(run)["config"]
+        typer.echo(protocol.override_note(settings.norm, settings.attacks, settings.eps, settings.n_samples,
+                                          settings.attack_options))
+        data = protocol.robustbench_data(dataset or trained.get("dataset", "mnist-small"),
+                                         data_dir if data_dir is not None else trained.get("data_dir"),
+                                         trained.get("img_size"))
+        result, info = protocol.evaluate_robustbench(
+            robustproto.load(run), data, norm=settings.norm, batch_size=settings.batch_size, model_name=run,
+            dataset_name=data.name, plot=plot, save_examples=save_examples, log=typer.echo)
+        robustproto.write_report(info, claim)
+    else:
+        data = run_data(run, "test", dataset, data_dir, settings.n_samples)
+        result = robustproto.evaluate(
+            robustproto.load(run), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
+            batch_size=settings.batch_size, attack_options=settings.attack_options, thresholds=settings.thresholds,
+            bisection_steps=settings.bisection_steps, model_name=run, dataset_name=data.name, plot=plot,
+            save_examples=save_examples, log=typer.echo)
     robustproto.write_report(result, report)
     typer.echo(f"clean accuracy {result['clean_accuracy']:.4f}; median distance {result['median_distance']}")
     for warning in result["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
-    typer.echo(f"wrote {report}" + (f", {plot}" if plot else "") + (f", {save_examples}" if save_examples else ""))
+    typer.echo(f"wrote {report}" + (f", {claim}" if robustbench else "") + (f", {plot}" if plot else "")
+               + (f", {save_examples}" if save_examples else ""))
 
 
 @app.command("certify")

@@ -37,12 +37,15 @@ __all__ = ["CertifyConfig", "DEFAULT_RADII", "DEFAULT_THRESHOLDS", "EvalConfig",
 DATASETS = ("mnist-small", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 AUGMENTATIONS = ("auto", "none", "crop-flip", "shift-rotate")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+CLIP_MODES = ("norm", "value")
 # timm schedulers that are a function of the epoch alone (resume rebuilds them and steps to the epoch)
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
 # Accelerate's experiment trackers robustproto documents and tests; "all" is every one of them installed
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "trackio")
 DEFAULT_THRESHOLDS = types.MappingProxyType({"L2": 1.5, "Linf": 0.3})
 DEFAULT_RADII = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0)
+# evaluation protocols of `robustproto eval --protocol` (robustproto.evaluation.robustbench runs the second)
+PROTOCOLS = ("none", "robustbench")
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -119,6 +122,21 @@ class TrainConfig:
     freeze_backbone_epochs: int = _field(0, "Train only neck and head for the first N epochs.")
     init_samples: int = _field(2048, "Training samples init_from_data sees.")
     mixed_precision: str = _field("no", f"{', '.join(MIXED_PRECISION)}.")
+    grad_accum_steps: int = _field(1, "Take an optimizer step every N batches, on their averaged gradients (an "
+                                      "effective batch of N × batch_size).")
+    clip_grad: float | None = _field(None, "Clip the gradients before each optimizer step: their total L2 norm to "
+                                           "NORM (clip_mode norm) or each element to ±NORM (value).", none="off")
+    clip_mode: str = _field("norm", f"{' or '.join(CLIP_MODES)}: how clip_grad clips.")
+    model_ema: bool = _field(False, "Keep an exponential moving average of the weights (timm's ModelEmaV3), "
+                                    "evaluated each epoch (test_acc_ema) and saved as model_ema.safetensors.")
+    model_ema_decay: float = _field(0.9998, "EMA decay per optimizer step, in [0, 1] (0: the raw weights, 1: the "
+                                            "initial ones).")
+    model_ema_warmup: bool = _field(False, "timm's EMA warm-up: the decay after step k is min(model_ema_decay, "
+                                           "1 - k^(-2/3)).")
+    channels_last: bool = _field(False, "Weights and images in channels-last memory format (faster convolutions on "
+                                        "GPUs).")
+    compile: bool = _field(False, "torch.compile the training step (not with a regularizer that needs input "
+                                  "gradients).")
     seed: int = _field(0, "Seed of weights, shuffling and augmentation.")
 
     output: str = _field("runs/latest", "Run folder (with --resume: that folder).")
@@ -169,11 +187,11 @@ def _tracker_names(items: tuple[str, ...]) -> tuple[str, ...]:
 
 def _check_train(cfg: TrainConfig) -> None:
     for key, allowed in (("dataset", DATASETS), ("augment", AUGMENTATIONS), ("mixed_precision", MIXED_PRECISION),
-                         ("sched", SCHEDULERS)):
+                         ("sched", SCHEDULERS), ("clip_mode", CLIP_MODES)):
         if getattr(cfg, key) not in allowed:
             raise UsageError(f"{key}: '{getattr(cfg, key)}' is not one of {', '.join(allowed)}")
     _at_least(cfg, 1, "epochs", "batch_size", "embed_dim", "img_size", "max_train_samples", "max_test_samples",
-              "init_samples")
+              "init_samples", "grad_accum_steps")
     _at_least(cfg, 0, "workers", "warmup_epochs", "freeze_backbone_epochs", "seed")
     if cfg.warmup_epochs and cfg.sched == "none":
         raise UsageError(f"warmup_epochs: sched 'none' has no warm-up, got warmup_epochs={cfg.warmup_epochs}; "
@@ -185,6 +203,12 @@ def _check_train(cfg: TrainConfig) -> None:
         raise UsageError(f"lr: must be a positive finite number, got {cfg.lr}")
     if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
         raise UsageError(f"weight_decay: must be a finite number ≥ 0, got {cfg.weight_decay}")
+    if cfg.clip_grad is not None and not (math.isfinite(cfg.clip_grad) and cfg.clip_grad > 0):
+        raise UsageError(f"clip_grad: must be a positive finite number, got {cfg.clip_grad}; pass e.g. --clip-grad 1 "
+                         "(or leave it out for no clipping)")
+    if not (0 <= cfg.model_ema_decay <= 1):  # also refuses NaN
+        raise UsageError(f"model_ema_decay: must be in [0, 1], got {cfg.model_ema_decay}; pass e.g. "
+                         "--model-ema-decay 0.9998")
     if (cfg.mean is None) != (cfg.std is None):
         raise UsageError("mean/std: give both or neither")
     if cfg.mean is not None and len(cfg.mean) != len(cfg.std):
@@ -247,9 +271,14 @@ class EvalConfig:
     batch_size: int = _field(128, "Images per attack batch.")
     bisection_steps: int = _field(0, "Bisection steps on ε per point refining a fixed-budget attack's minimal "
                                      "distance (median-δ); each costs up to one more attack run (0: one run per ε).")
+    protocol: str = _field("none", "none, or robustbench: RobustBench's rules (CIFAR-10, first 10,000 test points, "
+                                   "standard AutoAttack at Linf 8/255 or L2 0.5) in place of the attacks, budgets "
+                                   "and subset above; also writes RobustBench's model_info JSON (--claim).")
 
     def __post_init__(self) -> None:
         _convert_fields(self)
+        if self.protocol not in PROTOCOLS:
+            raise UsageError(f"protocol: '{self.protocol}' is not one of {', '.join(PROTOCOLS)}")
         object.__setattr__(self, "norm", normalize_norm(self.norm))
         for name, key in (("attacks", "attack"), ("eps", "eps"), ("thresholds", "threshold")):
             object.__setattr__(self, name, types.MappingProxyType(
@@ -282,6 +311,10 @@ class EvalConfig:
         def as_list(value: Any) -> list:
             return [value] if isinstance(value, (str, int, float)) else list(value or [])
 
+        protocol = pick("protocol", _FIELD_DEFAULTS["protocol"])
+        if protocol == "robustbench" and str(pick("norm", "")).strip().lower() == "corruptions":
+            raise UsageError("norm: --protocol robustbench evaluates the Linf and L2 threat models, not RobustBench's "
+                             "corruptions (CIFAR-10-C); pass --norm Linf or --norm L2")
         norm = normalize_norm(pick("norm", _FIELD_DEFAULTS["norm"]))
         if "attack" in given or not per_norm or ("norm" in given and norm not in per_norm):
             attacks = {norm: as_list(pick("attack"))}
@@ -291,7 +324,7 @@ class EvalConfig:
             attacks = {n: as_list(sub.get("attack")) for n, sub in per_norm.items() if "norm" not in given or n == norm}
             eps = {n: parse_eps(given["eps"], "--eps") if "eps" in given else as_list(per_norm[n].get("eps"))
                    for n in attacks}
-        if not any(attacks.values()):
+        if not any(attacks.values()) and protocol == "none":  # a protocol brings its own attacks
             raise UsageError("no attack to run: pass --attack NAME (repeatable) or put attack = [...] in [eval]")
         eps = {n: parse_eps(v, "eps") or [] for n, v in eps.items()}
         thresholds = dict(DEFAULT_THRESHOLDS)
@@ -309,7 +342,7 @@ class EvalConfig:
             options.setdefault(str(name).strip(), {}).update(parse_options(spec, f"attack_opt {name}"))
         return cls(attacks, eps, norm, thresholds, options, pick("n_samples"),
                    pick("batch_size", _FIELD_DEFAULTS["batch_size"]),
-                   pick("bisection_steps", _FIELD_DEFAULTS["bisection_steps"]))
+                   pick("bisection_steps", _FIELD_DEFAULTS["bisection_steps"]), protocol)
 
 
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig)}

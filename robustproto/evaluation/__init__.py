@@ -42,7 +42,8 @@ admissible input, so no attack is called there (some divide by ε).
 The parts, one module per concern: :mod:`robustproto.attacks` (the attack menu and builders),
 :mod:`.runner` (data, verified attack runs, bisection), :mod:`.distances` (median-δ, worst case, threshold
 accuracy), :mod:`.masking` (one function per gradient-masking signal), :mod:`.report` (JSON, curves, example
-grids) and :mod:`.core` (:func:`evaluate`).
+grids), :mod:`.core` (:func:`evaluate`) and :mod:`.robustbench` (RobustBench's rules and model_info
+JSON, ``robustproto eval --protocol robustbench``).
 """
 
 from .core import evaluate
