@@ -587,6 +587,7 @@ def write_results(outcomes_list: list[Outcome], args) -> Path:
             lines.append(f"| {name} | {quantity} | {_fmt(paper, percent)} | {_fmt(ours, percent)} | "
                          f"{_scale_text(outcomes[name])} | {_diff(ours, paper, percent)} |")
         lines += [""] + NOTES.get((title.split(" ")[0].rstrip(","), args.scale), [])
+    lines += adversarial_mnist_cpu_section(args.results / "adv_mnist_cpu")
     lines += ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for target, ok, measured in checks(outcomes):
         lines.append(f"| {target} | {measured} | {'—' if ok is None else 'yes' if ok else '**no**'} |")
@@ -599,6 +600,37 @@ def write_results(outcomes_list: list[Outcome], args) -> Path:
     md_path.write_text("\n".join(lines) + "\n")
     print(f"wrote {md_path} and {json_path}")
     return md_path
+
+
+def adversarial_mnist_cpu_section(folder: Path) -> list[str]:
+    """The section of ``benchmarks/adv_mnist_cpu.sh`` (issue 12's CPU check), from its reports and logs, if it ran."""
+    reports = sorted(folder.glob("*.json"))
+    if not reports:
+        return []
+    lines = ["", "## Adversarial training on the full MNIST training set (`benchmarks/adv_mnist_cpu.sh`)", "",
+             "| run | head | ε (L∞) | epochs | train minutes | clean | PGD-20 | AutoAttack (standard) | Square 5000 | "
+             "Square − AutoAttack |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in reports:
+        report = json.loads(path.read_text())
+        name = path.stem
+        eps = float(name.rsplit("eps", 1)[1])
+        accuracy = {a: _robust_accuracy(report, a, eps) for a in ("pgd-20", "autoattack", "square")}
+        log = folder / f"{name}.train.log"
+        # "epoch 3/7: loss … 142 img/s  436.0 s": the epochs done and their seconds, summed
+        epochs = [line.split() for line in log.read_text().splitlines() if line.startswith("epoch ")] \
+            if log.is_file() else []
+        minutes = sum(float(words[-2]) for words in epochs) / 60 if epochs else float("nan")
+        gap = None if None in (accuracy["square"], accuracy["autoattack"]) else \
+            accuracy["square"] - accuracy["autoattack"]
+        lines.append(f"| {name} | {name.split('-')[2]} | {eps:g} | {epochs[-1][1].split('/')[0] if epochs else '?'} | "
+                     f"{minutes:.0f} | {_fmt(report['clean_accuracy'], True)} | {_fmt(accuracy['pgd-20'], True)} | "
+                     f"{_fmt(accuracy['autoattack'], True)} | {_fmt(accuracy['square'], True)} | "
+                     f"{'' if gap is None else f'{100 * gap:+.1f} points'} |")
+    n = {json.loads(p.read_text())["n_samples"] for p in reports}
+    lines += ["", f"Each model evaluated on the same fixed subset of {', '.join(map(str, sorted(n)))} MNIST test images "
+              "(`--n-samples`: seeded, sorted); robust accuracies over all of them (a misclassified point counts as "
+              "broken)."]
+    return [*lines, "", *NOTES.get(("adv_mnist_cpu", "any"), [])]
 
 
 # Sentences on why our numbers differ from the papers', per (paper, scale); written after looking at the runs.

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Issue 12's CPU check: fast adversarial training (FGSM-RS, Wong et al. 2020) of `kp_cnn_mnist` with a linear and
+# a GLVQ head on the full MNIST training set at L∞ ε = 0.1 and ε = 0.3, then clean accuracy, PGD-20, AutoAttack
+# (standard: 100-step APGD-CE/APGD-T, FAB-T, Square 5000) and Square alone (5000 queries) at the training ε on
+# the first 1000 test points.
+#
+#   bash benchmarks/adv_mnist_cpu.sh [DATA_DIR]      # DATA_DIR holds MNIST/raw (default ../shared/data)
+#
+# The recipes kp-mnist-{linear,glvq}-fgsm-rs.toml are used with the overrides below, which fit a 2-core CPU:
+# EPOCHS epochs at batch 100 with Adam (lr 1e-3, cosine) instead of the recipe's 84 epochs at batch 50, and ε
+# ramped up over the first WARMUP epochs. Two runs go side by side, one thread each. Models go to
+# runs/adv-mnist-cpu/, reports to benchmarks/results/adv_mnist_cpu/, the log with wall times beside them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data}
+EPOCHS=${EPOCHS:-7}
+WARMUP=${WARMUP:-2}
+OUT=benchmarks/results/adv_mnist_cpu
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+lane() {  # one model after another: train, then evaluate
+  for spec in "$@"; do
+    head=${spec%@*}; eps=${spec#*@}; name="kp-mnist-$head-fgsm-rs-eps$eps"
+    start=$(date +%s)
+    robustproto train --config "recipes/kp-mnist-$head-fgsm-rs.toml" --data-dir "$DATA" \
+      --reg "fgsm-rs:eps=$eps,warmup_epochs=$WARMUP" --epochs "$EPOCHS" --batch-size 100 --lr 1e-3 \
+      --sched cosine --output "runs/adv-mnist-cpu/$name" > "$OUT/$name.train.log" 2>&1
+    trained=$(date +%s)
+    robustproto eval --config "recipes/kp-mnist-$head-fgsm-rs.toml" --model "runs/adv-mnist-cpu/$name" \
+      --data-dir "$DATA" --n-samples 1000 --eps "$eps" --attack pgd-20 --attack autoattack --attack square \
+      --report "$OUT/$name.json" > "$OUT/$name.eval.log" 2>&1
+    echo "$name train_s=$((trained - start)) eval_s=$(($(date +%s) - trained))" >> "$OUT/times.txt"
+  done
+}
+
+lane glvq@0.3 linear@0.1 &
+lane linear@0.3 glvq@0.1 &
+wait
