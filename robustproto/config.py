@@ -35,6 +35,11 @@ __all__ = ["CertifyConfig", "DEFAULT_RADII", "DEFAULT_THRESHOLDS", "EvalConfig",
            "resolve_config"]
 
 DATASETS = ("mnist-small", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+# timm dataset specs robustproto reads (indexable: exact shuffles and resumes), and those it refuses (iterable)
+TIMM_PREFIXES = ("torch", "hfds")
+TIMM_ITERABLE_PREFIXES = ("hfids", "wds", "tfds")
+# PIL resampling filters timm's transforms take (timm.data.transforms.str_to_pil_interp)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
 AUGMENTATIONS = ("auto", "none", "crop-flip", "shift-rotate")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CLIP_MODES = ("norm", "value")
@@ -102,7 +107,9 @@ class TrainConfig:
     mean: tuple[float, ...] | None = _field(None, "Per-channel mean, e.g. 0.5,0.5,0.5.", none="the backbone's")
     std: tuple[float, ...] | None = _field(None, "Per-channel std, e.g. 0.25,0.25,0.25.", none="the backbone's")
 
-    dataset: str = _field("mnist-small", f"{', '.join(DATASETS)} (mnist-small is bundled).")
+    dataset: str = _field("mnist-small", f"{', '.join(DATASETS)} (in memory; mnist-small is bundled), or a timm "
+                                         "dataset spec, streamed through timm's transforms: torch/NAME (e.g. "
+                                         "torch/cifar10), hfds/NAME, or an image folder or .tar path.")
     data_dir: str | None = _field(None, "Folder that holds the dataset.")
     download: bool = _field(False, "Let torchvision download it.")
     img_size: int | None = _field(None, "Resize images to N×N.", none="the dataset's")
@@ -110,6 +117,13 @@ class TrainConfig:
     max_test_samples: int | None = _field(None, "Test on a fixed subset of N samples.", none="all")
     augment: str = _field("auto", "auto (crop-flip for CIFAR and image folders, none for MNIST), none, crop-flip, "
                                   "shift-rotate (±2 px, ±15°).")
+    aa: str | None = _field(None, "timm auto-augment policy, e.g. rand-m9-mstd0.5 (timm dataset specs only).",
+                            none="off")
+    reprob: float = _field(0.0, "Random-erasing probability, erased pixels black (timm dataset specs only).")
+    scale: tuple[float, ...] | None = _field(None, "Random-resized-crop area range, e.g. 0.08,1.0 (timm dataset "
+                                                   "specs only).", none="timm's 0.08,1.0")
+    interpolation: str | None = _field(None, f"Resize filter of timm's transforms: {', '.join(INTERPOLATIONS)} "
+                                             "(timm dataset specs only).", none="bilinear")
     workers: int = _field(0, "DataLoader worker processes.")
 
     epochs: int = _field(5, "Training epochs.")
@@ -157,7 +171,7 @@ class TrainConfig:
         out = {f.name: thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["reg"] = [format_reg(name, opts) for name, opts in self.reg]
         out["log_with"] = list(self.log_with)
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "scale"):
             out[key] = None if out[key] is None else list(out[key])
         return out
 
@@ -186,10 +200,21 @@ def _tracker_names(items: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _check_train(cfg: TrainConfig) -> None:
-    for key, allowed in (("dataset", DATASETS), ("augment", AUGMENTATIONS), ("mixed_precision", MIXED_PRECISION),
+    for key, allowed in (("augment", AUGMENTATIONS), ("mixed_precision", MIXED_PRECISION),
                          ("sched", SCHEDULERS), ("clip_mode", CLIP_MODES)):
         if getattr(cfg, key) not in allowed:
             raise UsageError(f"{key}: '{getattr(cfg, key)}' is not one of {', '.join(allowed)}")
+    # a timm spec has a prefix or is a path (checked when loaded); a bare unknown word is most likely a typo
+    if cfg.dataset not in DATASETS and "/" not in cfg.dataset and not Path(cfg.dataset).exists():
+        raise UsageError(f"dataset: '{cfg.dataset}' is not one of {', '.join(DATASETS)}, a timm spec "
+                         f"({', '.join(p + '/NAME' for p in TIMM_PREFIXES)}) or an existing image folder or .tar")
+    if cfg.interpolation is not None and cfg.interpolation not in INTERPOLATIONS:
+        raise UsageError(f"interpolation: '{cfg.interpolation}' is not one of {', '.join(INTERPOLATIONS)}")
+    if not (0 <= cfg.reprob <= 1):  # also refuses NaN
+        raise UsageError(f"reprob: must be in [0, 1], got {cfg.reprob}; pass e.g. --reprob 0.25")
+    if cfg.scale is not None and not (len(cfg.scale) == 2 and 0 < cfg.scale[0] <= cfg.scale[1] <= 1):
+        raise UsageError(f"scale: must be two numbers 0 < MIN ≤ MAX ≤ 1, got {list(cfg.scale)}; pass e.g. "
+                         "--scale 0.08,1.0")
     _at_least(cfg, 1, "epochs", "batch_size", "embed_dim", "img_size", "max_train_samples", "max_test_samples",
               "init_samples", "grad_accum_steps")
     _at_least(cfg, 0, "workers", "warmup_epochs", "freeze_backbone_epochs", "seed")

@@ -8,6 +8,11 @@ and ``data_dir/val`` or ``data_dir/test``, e.g. Imagenette or an extracted cifar
 Small datasets live in memory as uint8 tensors so an epoch is not bound by decoding.
 Training sets get the usual light augmentation (random crop with 4 pixels of padding and a
 horizontal flip for CIFAR and image folders, none for the MNIST family); test sets get none.
+
+Any other name is a timm dataset spec (:class:`TimmData`): ``torch/<name>`` (torchvision's datasets under
+``data_dir``), ``hfds/<name>`` (Hugging Face datasets), or the path of an image folder or ``.tar`` (timm's
+readers). Those are decoded and transformed per item by timm's transforms (RandAugment, random erasing,
+random-resized crops), so a dataset larger than memory streams from disk.
 """
 
 from __future__ import annotations
@@ -20,17 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from .config import AUGMENTATIONS, DATASETS
+from .config import AUGMENTATIONS, DATASETS, TIMM_ITERABLE_PREFIXES, TIMM_PREFIXES
 from .errors import MissingFileError, UsageError
+from .utils import describe_error
 
 __all__ = [
-    "AUGMENTATIONS", "DATASETS", "ImageData", "LightAugment", "ShiftRotate", "EpochShuffleSampler", "load_split",
-    "subset_indices",
+    "AUGMENTATIONS", "DATASETS", "ImageData", "LightAugment", "ShiftRotate", "EpochShuffleSampler", "TimmData",
+    "default_img_size", "load_split", "subset_indices", "timm_transform",
 ]
 
 _BUNDLED = Path(__file__).with_name("data") / "mnist_small.npz"
 _IMAGEFOLDER_CACHE_BYTES = 1 << 30  # decode an image folder once into memory when it fits in 1 GiB
 _IMAGEFOLDER_DEFAULT_SIZE = 224
+# (channels, size) of the torchvision datasets whose images all have one size; other timm specs default to 224
+_TORCH_NATIVE = {"cifar10": (3, 32), "cifar100": (3, 32), "mnist": (1, 28), "kmnist": (1, 28),
+                 "fashion_mnist": (1, 28), "qmnist": (1, 28)}
 
 
 class LightAugment:
@@ -252,14 +261,150 @@ def _imagefolder(split: str, data_dir: str | None, img_size: int | None, max_sam
         return ImageData("imagefolder", labels, ds.classes, images=images)
     return ImageData("imagefolder", labels, ds.classes, files=files, decode=decode, in_chans=3, img_size=(size, size))
 
+class TimmData(Dataset):
+    """Images in [0, 1] from a timm dataset, decoded and transformed item by item (nothing is held in memory).
+
+    ``source`` is what :func:`timm.data.create_dataset` returned, without a transform: indexing it gives a PIL
+    image and an int label. ``transform`` (timm's, built by :func:`timm_transform`) turns the image into a float
+    ``(in_chans, *img_size)`` tensor in [0, 1]; ``eval_transform`` is the un-augmented one that
+    :meth:`without_augmentation` uses. ``indices`` selects a fixed subset of ``source``.
+    Attributes as :class:`ImageData`: name, classes, num_classes, in_chans, img_size ``(H, W)``.
+    """
+
+    def __init__(self, name: str, source: Dataset, classes: Sequence[str], in_chans: int, img_size: int,
+                 transform: Callable, eval_transform: Callable, indices: Sequence[int] | None = None):
+        self.name = name
+        self.source = source
+        self.classes = list(classes)
+        self.in_chans = int(in_chans)
+        self.img_size = (int(img_size), int(img_size))
+        self.transform = transform
+        self.eval_transform = eval_transform
+        self.indices = list(indices) if indices is not None else None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img, target = self.source[self.indices[index] if self.indices is not None else index][:2]
+        mode = "L" if self.in_chans == 1 else "RGB"
+        if img.mode != mode:  # torchvision's datasets give their own mode (MNIST: L); timm's readers give RGB
+            img = img.convert(mode)
+        return self.transform(img), torch.tensor(int(target), dtype=torch.long)
+
+    def without_augmentation(self) -> "TimmData":
+        """The same images through the evaluation transform (for the head's data-dependent init)."""
+        return TimmData(self.name, self.source, self.classes, self.in_chans, self.img_size[0], self.eval_transform,
+                        self.eval_transform, self.indices)
+
+
+def default_img_size(name: str) -> int | None:
+    """The image size a timm dataset spec gets without ``img_size``: a torchvision dataset's own (``torch/cifar10``:
+    32, ``torch/mnist``: 28), else 224 (timm's default); ``None`` for a built-in name (its own size, see
+    :func:`load_split`)."""
+    if name in DATASETS:
+        return None
+    prefix, _, rest = name.partition("/")
+    return _TORCH_NATIVE.get(rest.lower(), (3, 224))[1] if prefix.lower() == "torch" else 224
+
+
+def timm_transform(in_chans: int, img_size: int, training: bool, aa: str | None = None, reprob: float = 0.0,
+                   scale: tuple[float, float] | None = None, interpolation: str | None = None) -> Callable:
+    """timm's transform (:func:`timm.data.create_transform`) from a PIL image to a float tensor in [0, 1].
+
+    robustproto models normalise inside (``ProtoModel.normalize``), so timm's normalisation is made the identity
+    (mean 0, std 1); random erasing (``reprob``) then fills with 0, i.e. black pixels. Training: a random-resized
+    crop (``scale``, timm's default (0.08, 1)), a horizontal flip, timm's colour jitter or the auto-augment policy
+    ``aa`` (e.g. ``rand-m9-mstd0.5``), random erasing. Evaluation (``training=False``): the whole image resized
+    (``crop_pct`` 1, so small images such as CIFAR's lose no border). ``interpolation`` defaults to bilinear.
+    A bad ``aa`` string is a :class:`~robustproto.errors.UsageError` naming ``aa``.
+    """
+    from timm.data import create_transform
+
+    kwargs = dict(is_training=training, interpolation=interpolation or "bilinear", mean=(0.0,) * in_chans,
+                  std=(1.0,) * in_chans, crop_pct=1.0)
+    if training:
+        kwargs.update(scale=tuple(scale) if scale else None, auto_augment=aa, re_prob=reprob)
+    try:
+        return create_transform((in_chans, img_size, img_size), **kwargs)
+    except (AssertionError, KeyError, ValueError) as exc:
+        if not (training and aa):
+            raise
+        raise UsageError(f"aa: timm cannot build the auto-augment policy '{aa}' ({describe_error(exc)}); pass e.g. "
+                         "--aa rand-m9-mstd0.5") from exc
+
+
+def _timm_source(name: str, split: str, data_dir: str | None, download: bool) -> tuple[Dataset, list[str]]:
+    """timm's dataset for ``split`` of the spec ``name`` (no transform) and its class names."""
+    from timm.data import create_dataset
+
+    prefix, sep, rest = name.partition("/")
+    prefix = prefix.lower() if sep else ""
+    if prefix in TIMM_ITERABLE_PREFIXES:
+        raise UsageError(f"dataset: '{name}' is an iterable (streamed) timm dataset, which robustproto does not read "
+                         f"yet (it needs indexable data for its exact shuffles and resumes); use "
+                         f"{', '.join(p + '/' for p in TIMM_PREFIXES)} or an image folder or .tar path")
+    if prefix in TIMM_PREFIXES:
+        if prefix == "torch" and data_dir is None:
+            raise _missing(name, data_dir, f"torchvision's files of {rest} under DIR")
+        eval_split = "test" if prefix == "torch" or prefix == "hfds" else "validation"
+        try:
+            source = create_dataset(name, root=data_dir, split="train" if split == "train" else eval_split,
+                                    download=download)
+        except AssertionError as exc:  # timm asserts on a torch/ name it does not know
+            raise UsageError(f"dataset: timm cannot open '{name}' ({describe_error(exc)}); see timm's "
+                             "create_dataset for the names it knows") from exc
+        except RuntimeError as exc:
+            if "not found" in str(exc).lower():
+                raise _missing(name, data_dir, f"torchvision's files of {rest} under DIR") from exc
+            raise
+    else:
+        path = Path(name)
+        if not (path.is_dir() or (path.is_file() and path.suffix == ".tar")):
+            raise UsageError(f"dataset: '{name}' is not a built-in dataset ({', '.join(DATASETS)}), a timm spec with "
+                             f"a known prefix ({', '.join(p + '/' for p in TIMM_PREFIXES)}) or an existing image "
+                             "folder or .tar; check the name or path")
+        # timm looks for DIR/train, and DIR/val (or validation, ...) for evaluation, else reads DIR itself
+        eval_split = "test" if (path / "test").is_dir() else "validation"
+        source = create_dataset("", root=str(path), split="train" if split == "train" else eval_split)
+        if len(source) == 0:
+            raise UsageError(f"dataset: no images found in {path} (expected <class>/<image> files, optionally under "
+                             "train/ and val/ or test/)")
+    classes = getattr(source, "classes", None)
+    if classes is None:
+        class_to_idx = getattr(getattr(source, "reader", None), "class_to_idx", None) or {}
+        classes = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
+    return source, [str(c) for c in classes]
+
+
+def _timm_split(name: str, split: str, data_dir: str | None, download: bool, img_size: int | None,
+                max_samples: int | None, augment: bool, aa: str | None, reprob: float,
+                scale: tuple[float, float] | None, interpolation: str | None) -> TimmData:
+    source, classes = _timm_source(name, split, data_dir, download)
+    prefix, _, rest = name.partition("/")
+    in_chans = _TORCH_NATIVE.get(rest.lower(), (3, 0))[0] if prefix.lower() == "torch" else 3
+    size = img_size or default_img_size(name)
+    eval_transform = timm_transform(in_chans, size, False, interpolation=interpolation)
+    transform = timm_transform(in_chans, size, True, aa, reprob, scale, interpolation) \
+        if split == "train" and augment else eval_transform
+    keep = subset_indices(len(source), max_samples)
+    return TimmData(name, source, classes, in_chans, size, transform, eval_transform,
+                    keep.tolist() if keep is not None else None)
+
 
 def load_split(name: str, split: str, data_dir: str | None = None, download: bool = False,
                img_size: int | None = None, max_samples: int | None = None,
-               augment: bool | str | None = None) -> ImageData:
+               augment: bool | str | None = None, aa: str | None = None, reprob: float = 0.0,
+               scale: tuple[float, float] | None = None, interpolation: str | None = None) -> ImageData | TimmData:
     """One split (``"train"`` or ``"test"``) of a dataset, images in [0, 1].
 
     Args:
-        name: one of :data:`DATASETS`.
+        name: one of :data:`DATASETS` (in memory), or a timm dataset spec (:func:`timm.data.create_dataset`):
+            ``torch/<name>``, ``hfds/<name>``, or the path of an image folder or ``.tar``; see :class:`TimmData`.
         data_dir: the folder that holds the dataset (torchvision layout, or an image folder).
         download: let torchvision download a missing dataset.
         img_size: resize images to ``img_size × img_size`` (image folders default to 224).
@@ -267,15 +412,28 @@ def load_split(name: str, split: str, data_dir: str | None = None, download: boo
         augment: one of :data:`AUGMENTATIONS`: ``"auto"`` (random crop + flip for CIFAR and image
             folders, none for the MNIST family), ``"none"``, ``"crop-flip"``, ``"shift-rotate"`` (±2 px,
             ±15°); ``True`` means ``"auto"``, ``False`` ``"none"``. Default: ``"auto"`` for ``"train"``,
-            ``"none"`` for ``"test"``.
+            ``"none"`` for ``"test"``. A timm spec takes ``"auto"`` (timm's training transform) or ``"none"``.
+        aa, reprob, scale, interpolation: timm's ``auto_augment``, ``re_prob``, random-resized-crop ``scale`` and
+            ``interpolation`` of :func:`timm_transform`; timm specs only (``aa``, ``reprob`` and ``scale`` act on
+            the training split when it is augmented).
 
     Raises :class:`~robustproto.errors.MissingFileError` naming ``--data-dir``/``--download`` when the dataset is
     not there, :class:`~robustproto.errors.UsageError` for an unknown name, split or augmentation.
     """
-    if name not in DATASETS:
-        raise UsageError(f"dataset: '{name}' is not one of {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise UsageError(f"split must be 'train' or 'test', not '{split}'")
+    if name not in DATASETS:
+        if augment is None or isinstance(augment, bool):
+            augment = "auto" if (split == "train" if augment is None else augment) else "none"
+        if augment not in ("auto", "none"):
+            raise UsageError(f"augment: '{augment}' is for the built-in datasets; with the timm dataset spec "
+                             f"'{name}' pass --augment auto (timm's training transform) or none")
+        return _timm_split(name, split, data_dir, download, img_size, max_samples, augment == "auto",
+                           aa, reprob, scale, interpolation)
+    for option, value in (("aa", aa), ("reprob", reprob or None), ("scale", scale), ("interpolation", interpolation)):
+        if value is not None:
+            raise UsageError(f"{option}: timm's transforms only act on a timm dataset spec, not on '{name}'; pass "
+                             f"one (e.g. --dataset torch/cifar10, or a folder path) or drop --{option}")
     if name == "imagefolder":
         data = _imagefolder(split, data_dir, img_size, max_samples)
     else:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CONFIG_FILE, METRICS_FILE, MODEL_FILE, build_model, load, read_jsonl, read_metadata
+from .data import default_img_size
 from .errors import MissingFileError, UsageError
 from .evaluation import to_jsonable
 from .utils import describe_error, package_version
@@ -142,7 +143,8 @@ def _input_size(model: nn.Module, config: Mapping[str, Any]) -> tuple[int, int, 
     """``(C, H, W)`` of the images the model was trained on: the run's ``img_size`` or its dataset's own size, else
     (a model saved without a training config) the backbone's default."""
     channels = int(model.normalize.mean.shape[1])
-    size = config.get("img_size") or _NATIVE_SIZE.get(config.get("dataset", ""))
+    dataset = config.get("dataset", "")
+    size = config.get("img_size") or _NATIVE_SIZE.get(dataset) or (default_img_size(dataset) if dataset else None)
     if size:
         return channels, int(size), int(size)
     height, width = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[1:]

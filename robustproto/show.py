@@ -34,7 +34,8 @@ def run_data(run: str | Path, split: str = "train", dataset: str | None = None, 
     """A split of the dataset a trained run used (``OUT/model.safetensors``'s config), without augmentation.
 
     ``dataset``/``data_dir`` replace the run's own; ``max_samples`` defaults to the run's
-    ``max_train_samples``/``max_test_samples``. The run's ``img_size`` is kept, so the images fit the model.
+    ``max_train_samples``/``max_test_samples``. The run's ``img_size`` (and, for a timm dataset spec, its
+    ``interpolation``: timm's evaluation transform) is kept, so the images fit the model.
     """
     from .checkpoint import read_metadata
     from .data import load_split
@@ -43,7 +44,8 @@ def run_data(run: str | Path, split: str = "train", dataset: str | None = None, 
     limit = config.get("max_train_samples" if split == "train" else "max_test_samples")
     return load_split(dataset or config.get("dataset", "mnist-small"), split,
                       data_dir if data_dir is not None else config.get("data_dir"),
-                      img_size=config.get("img_size"), max_samples=max_samples or limit, augment="none")
+                      img_size=config.get("img_size"), max_samples=max_samples or limit, augment="none",
+                      interpolation=config.get("interpolation"))
 
 
 def _head_prototypes(model: ProtoModel) -> tuple[torch.Tensor, torch.Tensor]:

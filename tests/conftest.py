@@ -27,6 +27,35 @@ def mnist_like():
 
 
 @pytest.fixture
+def write_cifar10(monkeypatch):
+    """``write(root, images, labels, split)``: a fake CIFAR-10 in torchvision's files under ``root`` (uint8 images
+    ``(N, 3, 32, 32)``, labels in 0..9; ``split`` ``"test"``: ``test_batch``, ``"train"``: ``data_batch_1..5``),
+    read by ``torchvision.datasets.CIFAR10(root)``, whose md5 check is switched off for this test. Returns
+    ``root``."""
+    import pickle
+    from pathlib import Path
+
+    import numpy as np
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)  # the fake files have other md5s
+
+    def write(root, images, labels, split: str = "test"):
+        folder = Path(root) / "cifar-10-batches-py"
+        folder.mkdir(parents=True, exist_ok=True)
+        images, labels = np.asarray(images, dtype=np.uint8), np.asarray(labels)
+        names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+        for name, part in zip(names, np.array_split(np.arange(len(images)), len(names))):
+            with open(folder / name, "wb") as f:
+                pickle.dump({"data": images[part].reshape(len(part), -1), "labels": labels[part].tolist()}, f)
+        with open(folder / "batches.meta", "wb") as f:
+            pickle.dump({"label_names": [f"class{k}" for k in range(10)]}, f)
+        return Path(root)
+
+    return write
+
+
+@pytest.fixture
 def register():
     """``register(kind, name, cls)``: ``robustproto.register_head`` (kind ``"head"``) or ``register_regularizer``
     (``"regularizer"``) for this test only. The way to add a plugin to a test that runs in this process."""

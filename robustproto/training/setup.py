@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .. import checkpoint
 from ..config import TrainConfig
-from ..data import EpochShuffleSampler, ImageData, load_split, subset_indices
+from ..data import EpochShuffleSampler, ImageData, TimmData, load_split, subset_indices
 from ..errors import MissingFileError, UsageError
 from ..model import ProtoModel, wrap
 from ..registry import create_regularizer
@@ -138,12 +138,16 @@ def init_head_from_data(model: ProtoModel, data: ImageData, samples: int | None 
     return True
 
 
-def load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData]:
-    """The training split (augmented as ``cfg.augment`` says) and the test split of ``cfg.dataset``, subset to
-    ``max_train_samples``/``max_test_samples``; a UsageError when their class counts differ."""
+def load_data(cfg: TrainConfig) -> tuple[ImageData | TimmData, ImageData | TimmData]:
+    """The training split (augmented as ``cfg.augment`` says, with timm's ``aa``/``reprob``/``scale`` on a timm
+    dataset spec) and the test split of ``cfg.dataset``, subset to ``max_train_samples``/``max_test_samples``; a
+    UsageError when their class counts differ. A timm spec's splits are streamed (:class:`~robustproto.data.TimmData`).
+    """
     train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.download, cfg.img_size, cfg.max_train_samples,
-                            augment=cfg.augment)
-    test_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.download, cfg.img_size, cfg.max_test_samples)
+                            augment=cfg.augment, aa=cfg.aa, reprob=cfg.reprob, scale=cfg.scale,
+                            interpolation=cfg.interpolation)
+    test_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.download, cfg.img_size, cfg.max_test_samples,
+                           interpolation=cfg.interpolation)
     if test_data.num_classes != train_data.num_classes:
         raise UsageError(f"dataset: train has {train_data.num_classes} classes but test {test_data.num_classes}")
     return train_data, test_data

@@ -7,7 +7,6 @@ A tiny flatten + GLVQ model is scored on a fake CIFAR-10 in torchvision's files 
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -28,14 +27,11 @@ N_TEST, N_POINTS = 12, 8
 
 
 @pytest.fixture
-def fake_cifar(tmp_path, monkeypatch):
+def fake_cifar(tmp_path, monkeypatch, write_cifar10):
     """A tiny model and a fake CIFAR-10 under ``tmp_path/cifar``: 12 test images whose labels the model gets right
     except points 6 and 7, so the first 8 points score 75.00 % clean and all 12 would score 83.33 %. The images come
     in pairs one grey level apart, each of the first 10 a prototype, so AutoAttack's first part breaks every point
     at both budgets and the later parts (FAB, Square: minutes on robust points) have nothing left to do."""
-    import torchvision.datasets.cifar as tv_cifar
-
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)  # the fake files have other md5s
     monkeypatch.setattr(robustbench, "N_POINTS", N_POINTS)
     rng = np.random.default_rng(0)
     pairs = rng.integers(1, 255, (N_TEST // 2, 3, 32, 32))
@@ -47,13 +43,7 @@ def fake_cifar(tmp_path, monkeypatch):
         model.head.init_from_data(model.embed(x[:10]), torch.arange(10))
         labels = model.eval()(x).argmax(1)
     labels[6:8] = (labels[6:8] + 1) % 10
-    folder = tmp_path / "cifar" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump({"data": images.reshape(N_TEST, -1), "labels": labels.tolist()}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{k}" for k in range(10)]}, f)
-    return model, tmp_path / "cifar"
+    return model, write_cifar10(tmp_path / "cifar", images, labels, "test")
 
 
 @pytest.mark.parametrize("norm, eps", [("Linf", "8/255"), ("L2", "0.5")])
