@@ -222,9 +222,9 @@ def test_backbone_entry_points_are_named_after_the_models_they_register(monkeypa
     assert len(imported) == 1
     described = fresh.describe()
     assert set(described) == {"flatten", "mlp", "kp_cnn_mnist", "kp_cnn_cifar", "madry_cnn_mnist", "resnet18_cifar",
-                              "preact_resnet18_cifar"}
+                              "preact_resnet18_cifar", "gloro_2c2f_mnist", "gloro_4c3f_mnist", "gloro_6c2f_cifar"}
     assert sorted(imported) == sorted(f"robustproto_plugins.backbones.{m}"
-                                      for m in ("small_cnn", "flatten", "mlp", "resnet_cifar"))
+                                      for m in ("small_cnn", "flatten", "mlp", "resnet_cifar", "gloro_cnn"))
     for name, info in described.items():
         assert info["error"] is None and timm.is_model(name), name
 
