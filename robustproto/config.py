@@ -141,6 +141,14 @@ class TrainConfig:
     clip_grad: float | None = _field(None, "Clip the gradients before each optimizer step: their total L2 norm to "
                                            "NORM (clip_mode norm) or each element to ±NORM (value).", none="off")
     clip_mode: str = _field("norm", f"{' or '.join(CLIP_MODES)}: how clip_grad clips.")
+    mixup: float = _field(0.0, "Mixup alpha (timm's Mixup; 0: off): train on blends of two images and of their "
+                               "labels, the blend weight drawn from Beta(alpha, alpha); needs a head that takes soft "
+                               "targets (linear) and no regularizer.")
+    cutmix: float = _field(0.0, "CutMix alpha (0: off): paste a box of another image, the labels mixed by its "
+                                "area; as mixup, and with it one of the two per batch (mixup_switch_prob).")
+    mixup_prob: float = _field(1.0, "Probability that a batch is mixed (mixup/cutmix), in [0, 1].")
+    mixup_switch_prob: float = _field(0.5, "With both mixup and cutmix: the probability that a mixed batch uses "
+                                           "cutmix, in [0, 1].")
     model_ema: bool = _field(False, "Keep an exponential moving average of the weights (timm's ModelEmaV3), "
                                     "evaluated each epoch (test_acc_ema) and saved as model_ema.safetensors.")
     model_ema_decay: float = _field(0.9998, "EMA decay per optimizer step, in [0, 1] (0: the raw weights, 1: the "
@@ -234,6 +242,13 @@ def _check_train(cfg: TrainConfig) -> None:
     if not (0 <= cfg.model_ema_decay <= 1):  # also refuses NaN
         raise UsageError(f"model_ema_decay: must be in [0, 1], got {cfg.model_ema_decay}; pass e.g. "
                          "--model-ema-decay 0.9998")
+    for key in ("mixup", "cutmix"):
+        if not (math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0):
+            raise UsageError(f"{key}: must be a finite alpha ≥ 0 (0: off), got {getattr(cfg, key)}; pass e.g. "
+                             f"--{key} {0.2 if key == 'mixup' else 1.0}")
+    for key in ("mixup_prob", "mixup_switch_prob"):
+        if not (0 <= getattr(cfg, key) <= 1):  # also refuses NaN
+            raise UsageError(f"{key}: must be a probability in [0, 1], got {getattr(cfg, key)}")
     if (cfg.mean is None) != (cfg.std is None):
         raise UsageError("mean/std: give both or neither")
     if cfg.mean is not None and len(cfg.mean) != len(cfg.std):

@@ -78,6 +78,11 @@ class Head(nn.Module):
       heads (prototype scores are distances with no natural scale, on which cross-entropy
       saturates) the default is the per-point worst of cross-entropy and the margin.
 
+    - ``supports_soft_targets: bool`` (class attribute, default ``False``): ``True`` when ``loss(z, scores, y)``
+      also accepts soft targets, ``y`` a float tensor ``(B, num_classes)`` whose rows are probability
+      distributions (each ≥ 0, summing to 1), besides integer labels ``(B,)``, and on a one-hot ``y`` gives the
+      loss of its labels. ``--mixup``/``--cutmix`` train only heads that declare it.
+
     Optional attributes: ``prototypes`` ``(P, embed_dim)`` and ``prototype_labels``
     ``(P,)`` let ``robustproto show prototypes`` draw them (``prototype_labels`` may be
     omitted when there is one prototype per class, in class order).
@@ -92,6 +97,7 @@ class Head(nn.Module):
     supports_after_step: bool = False
     scores_affine_in_embedding: bool = False
     scores_are_logits: bool = False
+    supports_soft_targets: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -150,7 +156,7 @@ HOOK_CAPABILITIES = {"margin": "supports_margin", "class_margin": "supports_clas
                      "init_from_data": "supports_init_from_data",
                      "after_step": "supports_after_step", "affine_map": "scores_affine_in_embedding"}
 # every capability flag of Head: a bool on the class (an instance may refine it, as repulsive's supports_margin)
-CAPABILITY_FLAGS = (*HOOK_CAPABILITIES.values(), "scores_are_logits")
+CAPABILITY_FLAGS = (*HOOK_CAPABILITIES.values(), "scores_are_logits", "supports_soft_targets")
 
 
 def working_dtype(*tensors: torch.Tensor) -> torch.dtype:

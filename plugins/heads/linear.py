@@ -29,6 +29,7 @@ class LinearHead(Head):
 
     scores_affine_in_embedding = True
     scores_are_logits = True  # trained with cross-entropy: evaluation attacks it with CE by default
+    supports_soft_targets = True  # F.cross_entropy takes class probabilities as the target too (mixup, cutmix)
 
     def __init__(self, embed_dim: int, num_classes: int):
         super().__init__(embed_dim, num_classes)
@@ -38,7 +39,8 @@ class LinearHead(Head):
         return self.fc(z)
 
     def loss(self, z: torch.Tensor, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(scores.float(), y)
+        """Mean cross-entropy against labels ``y`` ``(B,)`` or soft targets ``y`` ``(B, num_classes)``."""
+        return F.cross_entropy(scores.float(), y.float() if y.is_floating_point() else y)
 
     def affine_map(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.fc.weight, self.fc.bias

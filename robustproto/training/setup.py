@@ -27,8 +27,8 @@ from ..utils import describe_error, eval_mode, model_device
 from .optim import create_optimizer, create_scheduler
 from .step import TrainStep, check_replaces_inputs
 
-__all__ = ["PreparedRun", "build_model", "check_compile", "create_ema", "create_regularizers", "init_head_from_data",
-           "load_data", "load_pretrained_backbone", "prepare_run"]
+__all__ = ["PreparedRun", "build_model", "check_compile", "create_ema", "create_mixup", "create_regularizers",
+           "init_head_from_data", "load_data", "load_pretrained_backbone", "prepare_run"]
 
 
 def load_pretrained_backbone(backbone: nn.Module, path: str | Path) -> None:
@@ -190,12 +190,38 @@ def create_ema(cfg: TrainConfig, model: ProtoModel):
     return ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup, exclude_buffers=True)
 
 
+def create_mixup(cfg: TrainConfig, model: ProtoModel):
+    """timm's ``Mixup`` when ``cfg.mixup`` or ``cfg.cutmix`` is on (each batch mixed as a whole, with probability
+    ``cfg.mixup_prob``; no label smoothing), else ``None``.
+
+    A :class:`~robustproto.errors.UsageError` when the run cannot train on mixed batches: a head without
+    ``supports_soft_targets``, or any regularizer (regularizers get ``ctx.y`` as integer labels, to attack or to
+    hinge on, which a mixed image does not have). timm draws the mixing from numpy's global RNG, which
+    Accelerate's ``save_state``/``load_state`` save and restore per process, so a resumed run mixes as the
+    uninterrupted one does.
+    """
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    if not model.head.supports_soft_targets:
+        raise UsageError(f"mixup/cutmix: head '{cfg.head}' does not take soft targets; use --head linear or drop "
+                         "--mixup/--cutmix")
+    if cfg.reg:
+        raise UsageError(f"mixup/cutmix: regularizers see integer labels, which mixed images do not have (reg "
+                         f"{', '.join(name for name, _ in cfg.reg)}); drop --reg or --mixup/--cutmix")
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                 switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=0.0,
+                 num_classes=model.num_classes)
+
+
 @dataclass
 class PreparedRun:
     """A run ready for its first (or next) step; what :func:`prepare_run` returns.
 
     ``model`` and ``regs`` are the unwrapped modules; ``step_module``, ``optimizer`` and the loaders are
-    Accelerate's prepared objects; ``ema`` is timm's ``ModelEmaV3`` of ``model`` (``--model-ema``) or ``None``. ``start_epoch``, ``resume_at`` (batches of that epoch already done),
+    Accelerate's prepared objects; ``ema`` is timm's ``ModelEmaV3`` of ``model`` (``--model-ema``) or ``None``,
+    ``mixup`` timm's ``Mixup`` (``--mixup``/``--cutmix``) or ``None``. ``start_epoch``, ``resume_at`` (batches of that epoch already done),
     ``global_step`` and ``partial`` (that epoch's running sums) say where training continues; ``history``
     holds the metrics records of the finished epochs and ``last_good`` the latest saved state, if any.
     """
@@ -217,6 +243,7 @@ class PreparedRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     last_good: str | None = None
     ema: Any = None
+    mixup: Any = None
 
 
 def _resume(run: PreparedRun, cfg: TrainConfig, accelerator) -> None:
@@ -233,7 +260,8 @@ def prepare_run(cfg: TrainConfig, accelerator) -> PreparedRun:
     """Set up the run ``cfg`` describes on ``accelerator``, every process alike, and start its output folder.
 
     In order (the order fixes what the seeded RNG gives, so a run and its resumed twin agree): check a
-    ``--resume`` state exists; seed; load the data; build the model and check it fits the data; convert it to
+    ``--resume`` state exists; seed; load the data; build the model, refuse mixup/cutmix it cannot train with,
+    and check it fits the data; convert it to
     channels-last (``--channels-last``); copy it for the EMA (``--model-ema``); create and attach the
     regularizers (refused with ``--compile`` when one needs input gradients); move them to the device;
     initialise the head from data (not on a resume) and start the EMA there; create the optimizer (probed) and
@@ -249,6 +277,7 @@ def prepare_run(cfg: TrainConfig, accelerator) -> PreparedRun:
     set_seed(cfg.seed)
     train_data, test_data = load_data(cfg)
     model = build_model(cfg, train_data)
+    mixup = create_mixup(cfg, model)
     _check_fits(model, train_data)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -277,7 +306,7 @@ def prepare_run(cfg: TrainConfig, accelerator) -> PreparedRun:
     # noise (regularizer neighbours and projections, dropout, augmentation) so processes do not repeat each other.
     set_seed(cfg.seed, device_specific=True)
     run = PreparedRun(Path(cfg.output), train_data, test_data, model, regs, step_module, optimizer, scheduler,
-                      train_loader, test_loader, ema=ema)
+                      train_loader, test_loader, ema=ema, mixup=mixup)
     if cfg.resume:
         _resume(run, cfg, accelerator)
     if scheduler is not None:

@@ -19,12 +19,13 @@ from ..errors import NonFiniteLossError, UsageError
 from ..regularizer import BatchContext, Regularizer, StepContext
 
 if TYPE_CHECKING:
+    from timm.data import Mixup
     from timm.utils import ModelEmaV3
 
     from ..model import ProtoModel
 
 __all__ = ["EpochResult", "Losses", "TrainStep", "check_replaces_inputs", "clean_weight", "compute_losses",
-           "epoch_sums", "prepare_batch", "train_one_epoch"]
+           "epoch_sums", "mix_batch", "prepare_batch", "train_one_epoch"]
 
 
 class TrainStep(nn.Module):
@@ -114,6 +115,24 @@ def prepare_batch(model: "ProtoModel", regs: dict[str, Regularizer], x: torch.Te
     return x if replaced is None else replaced
 
 
+def mix_batch(mixup: "Mixup", x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, soft targets (B, num_classes))`` of a batch mixed by timm's ``Mixup`` (which may change ``x`` in
+    place).
+
+    timm mixes only even batches (each image with its mirror in the batch), so of an odd batch, e.g. the last
+    of an epoch, the last image stays as it is with its one-hot label. That, rather than dropping the odd
+    batch's last image or the whole last batch, keeps every sample in every epoch and the loader's length (which
+    resumes and schedules count on) the same with and without mixup.
+    """
+    even = len(y) - len(y) % 2
+    if even == len(y):
+        return mixup(x, y)
+    from timm.data.mixup import one_hot
+
+    mixed, target = mixup(x[:even], y[:even])
+    return torch.cat([mixed, x[even:]]), torch.cat([target, one_hot(y[even:], mixup.num_classes).to(target)])
+
+
 def compute_losses(step_module: nn.Module, model: "ProtoModel", regs: dict[str, Regularizer], x: torch.Tensor,
                    y: torch.Tensor, step: int, accelerator, epoch: float = 0.0) -> Losses:
     """The forward pass of one training step, under ``accelerator.autocast()``.
@@ -126,7 +145,8 @@ def compute_losses(step_module: nn.Module, model: "ProtoModel", regs: dict[str, 
         step_module: a :class:`TrainStep` of ``model``, as prepared by Accelerate (possibly DDP-wrapped).
         model: the unwrapped :class:`~robustproto.ProtoModel`; regularizers see it as ``ctx.model``.
         regs: the regularizers by name; each one's ``extra_inputs(x)`` is embedded in the same backbone call.
-        x, y: the batch (``x`` must already require grad if a regularizer set ``needs_input_grad``).
+        x, y: the batch (``x`` must already require grad if a regularizer set ``needs_input_grad``); ``y`` the
+            labels ``(B,)``, or soft targets ``(B, num_classes)`` for a head that ``supports_soft_targets``.
         step: the global optimiser step, passed on as ``ctx.step``.
         epoch: epochs done, fractional within an epoch, passed on to ``prepare_batch``.
 
@@ -184,11 +204,11 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
                     should_stop: Callable[[], bool] | None = None,
                     on_step: Callable[[dict[str, float], float], None] | None = None,
                     last_good: str | None = None, clip_grad: float | None = None, clip_mode: str = "norm",
-                    ema: "ModelEmaV3 | None" = None) -> EpochResult:
+                    ema: "ModelEmaV3 | None" = None, mixup: "Mixup | None" = None) -> EpochResult:
     """Train ``model`` over one epoch of ``loader``, step by step, as ``robustproto train`` does.
 
-    Every process of a run calls it with its own shard of the data. Per batch: ``x`` requires grad when a
-    regularizer ``needs_input_grad``; :func:`compute_losses`; a check, agreed by all processes, that the head's
+    Every process of a run calls it with its own shard of the data. Per batch: the batch mixed (``mixup``, see
+    :func:`mix_batch`); ``x`` requires grad when a regularizer ``needs_input_grad``; :func:`compute_losses`; a check, agreed by all processes, that the head's
     loss and every penalty are finite; ``accelerator.backward`` of the total, inside
     ``accelerator.accumulate`` (with the accelerator's ``gradient_accumulation_steps`` N > 1 the gradients of N
     batches add up, each loss divided by N, and only every N-th batch, and the last of a loader Accelerate
@@ -214,6 +234,8 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
             no clipping.
         ema: timm's ``ModelEmaV3`` of ``model``, updated after each optimizer step (after the head's hook) with
             its fixed decay, or timm's warm-up decay of the global step when its ``use_warmup`` is set.
+        mixup: timm's ``Mixup``: the head's loss is on the mixed images and their soft targets; the running
+            ``correct`` count compares the predictions on the mixed images with the batch's own labels.
 
     Raises :class:`~robustproto.errors.NonFiniteLossError` (before any weight is changed by that step) naming
     the step, the non-finite terms and ``last_good``.
@@ -236,10 +258,13 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
     except TypeError:  # an iterable without a length: whole epochs only
         per_epoch = 0
     for x, y in batches:
+        target = y  # what the loss compares with; y stays the integer labels the running accuracy counts
+        if mixup is not None:
+            x, target = mix_batch(mixup, x, y)
         if needs_input_grad:
             x.requires_grad_(True)
         done = epoch + (batches_done / per_epoch if per_epoch else 0.0)
-        losses = compute_losses(step_module, model, regs, x, y, global_step, accelerator, epoch=done)
+        losses = compute_losses(step_module, model, regs, x, target, global_step, accelerator, epoch=done)
         terms = torch.stack([losses.loss.detach().float(), *(p.detach().float() for p in losses.penalties.values())])
         flags = torch.tensor([float(not torch.isfinite(terms).all()), float(bool(should_stop and should_stop()))],
                              device=accelerator.device)
