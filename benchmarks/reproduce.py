@@ -72,6 +72,9 @@ _SERBAN = {"cifar10": (0.920, 0.513, 0.484), "cifar100": (0.717, 0.205, 0.200)}
 _ADVERSARIAL = {"madry-mnist-linear-pgd-at": (0.9853, 0.8850), "wong-cifar10-preact-fgsm-rs": (0.8334, 0.4321),
                 "rice-cifar10-preact-pgd-at-l2": (0.8867, 0.6768)}
 ADVERSARIAL_PAPERS = ("madry", "kp", "wong", "rice", "zhang", "finetune")
+# Certified training (issue 13): GloRo's verified-robust accuracy at its radius (klasleino/gloro README), per recipe.
+_GLORO = {"gloro-mnist-2c2f-glvq": (0.3, 0.957), "gloro-mnist-4c3f-glvq": (1.58, 0.628),
+          "gloro-cifar10-6c2f-glvq": (36 / 255, 0.60)}
 
 # ------------------------------------------------------------------------------------------ the small scale
 # What `--scale small` changes, per family: training overrides, and patches of the recipe's [eval] table
@@ -127,6 +130,10 @@ SMALL: dict[str, dict[str, Any]] = {
     "finetune": {"train": {"max_train_samples": 1000, "max_test_samples": 500, "epochs": 2, "img_size": 32,
                            "mixed_precision": "no"},
                  "eval": {"n_samples": 200, "batch_size": 200, "attack": ["pgd-20", "square"]}},
+    # Certified training (issue 13): a few epochs of GloRo's networks instead of 500 to 800; the minimal attacks (the
+    # upper bounds every certified radius is checked against) and the certificate on 300 test points
+    "gloro": {"train": {"max_train_samples": 12000, "max_test_samples": 1000, "epochs": 3},
+              "eval": {"n_samples": 300, "certify.n_samples": 300}},
     "serban-pgd-at": {"train": {"max_train_samples": 1000, "max_test_samples": 200, "epochs": 1, "warmup_epochs": 0,
                                 "mixed_precision": "no"},
                       "eval": {"n_samples": 50, "attack": ["pgd-20", "square"], "eps": [8 / 255, 16 / 255],
@@ -143,7 +150,8 @@ def is_adversarial(name: str) -> bool:
 def family(name: str) -> str:
     """The key of ``SMALL`` for a recipe name: ``saralajew``, ``khalid-mnist``, ``khalid-cifar10``, ``serban``,
     ``hein``; for adversarial training ``madry``, ``kp`` (``madry-fgsm-rs``, ``kp-fgsm-rs`` for FGSM-RS, whose ε
-    warm-up the small scale shortens), ``wong``, ``rice``, ``zhang``, ``finetune`` and ``serban-pgd-at``."""
+    warm-up the small scale shortens), ``wong``, ``rice``, ``zhang``, ``finetune`` and ``serban-pgd-at``; for
+    certified training ``gloro``."""
     paper = name.split("-")[0]
     if paper == "khalid":
         return f"{paper}-{name.split('-')[1]}"
@@ -247,7 +255,9 @@ def run_experiment(path: Path, scale: str, data_dir: Path, runs: Path) -> Outcom
                       test_acc=result.test_acc)
     outcome.report, outcome.certificate = evaluate_run(cfg, table)
     outcome.summary = {"mean_adversarial_distance_L2": mean_adversarial_distance(outcome.report),
-                       "mean_certified_radius": mean_certified_radius(outcome.certificate)}
+                       "mean_certified_radius": mean_certified_radius(outcome.certificate),
+                       "largest_radius_over_distance": largest_radius_over_distance(outcome.report,
+                                                                                    outcome.certificate)}
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -396,6 +406,34 @@ def hein_rows(outcomes: dict[str, Outcome]) -> list[Row]:
     return rows
 
 
+def certified_rows(outcomes: dict[str, Outcome]) -> list[Row]:
+    """Issue 13: certified accuracy at GloRo's radius against GloRo's, and the largest ratio of a certified radius
+    to the smallest adversarial distance FAB, CW or DeepFool found for the same point (a sound certificate: ≤ 1)."""
+    rows = []
+    for name, (radius, paper) in _GLORO.items():
+        out = outcomes.get(name)
+        if out is None or out.skipped or out.certificate is None:
+            continue
+        certified = out.certificate["certified_accuracy"].get(f"{radius:g}")
+        rows.append((name, _clean_label(out), "—", out.test_acc, True))
+        rows.append((name, f"certified accuracy, L2 radius {radius:.3g}", paper, certified, True))
+        rows.append((name, "largest certified radius / adversarial distance found", "≤ 1",
+                     out.summary.get("largest_radius_over_distance"), False))
+    return rows
+
+
+def largest_radius_over_distance(report: dict | None, certificate: dict | None) -> float | None:
+    """The largest certified radius divided by the smallest L2 adversarial distance found for the same point (the
+    first points of both: eval and certify read the same fixed subset), over the points with both."""
+    found = ((report or {}).get("distances") or {}).get("L2", {}).get("worst_case")
+    radii = (certificate or {}).get("radii")
+    if not found or not radii:
+        return None
+    n = min(len(found), len(radii))
+    ratios = [r / d for r, d in zip(radii[:n], found[:n]) if r > 0 and math.isfinite(d) and d > 0]
+    return max(ratios) if ratios else None
+
+
 def training_budget(config: dict[str, Any]) -> tuple[float, str] | None:
     """(ε, norm) of the adversarial-training regularizer in a run's config dict, or ``None`` without one."""
     for name, options in resolve_config({"reg": config.get("reg", [])}).reg:
@@ -451,6 +489,8 @@ PAPERS = [
     ("Hein & Andriushchenko 2017 — one-hidden-layer softplus MLP on MNIST (Fig. 2, plots only)", hein_rows),
     ("Adversarial training — Madry et al. 2018, Wong et al. 2020, Rice et al. 2020, Zhang et al. 2019 and "
      "prototype heads (clean, PGD-20, AutoAttack, Square at the training ε)", adversarial_rows),
+    ("Certified training — GloRo's networks (Leino et al. 2021) with a GLVQ head and lipschitz-margin",
+     certified_rows),
 ]
 
 
@@ -459,6 +499,8 @@ def rows_function(name: str):
     if is_adversarial(name):
         return adversarial_rows
     paper = name.split("-")[0]
+    if paper == "gloro":
+        return certified_rows
     return next(make for title, make in PAPERS if title.split(" ")[0].rstrip(",").lower().startswith(paper))
 
 
@@ -511,7 +553,8 @@ def summary_rows(outcomes: dict[str, Outcome]) -> list[tuple[str, str, str, str,
             rows.append((name, "", "", "not run", "", out.skipped))
             continue
         clean = next((v for k, v in paper_rows.items() if k.startswith("clean accuracy")), ("", None, True))
-        key = "AutoAttack at the training ε" if is_adversarial(name) else {
+        key = "AutoAttack at the training ε" if is_adversarial(name) else \
+            f"certified accuracy, L2 radius {_GLORO[name][0]:.3g}" if name in _GLORO else {
             "saralajew": "median-δ L2 deepfool",
             "khalid": f"margin FGSM accuracy, ε = {KHALID_EPS['mnist' if '-mnist-' in name else 'cifar10'][0]}",
             "serban": "PGD-20, ε = 8/255", "hein": "mean certified radius (lower bound)"}[name.split("-")[0]]
