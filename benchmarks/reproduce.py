@@ -651,8 +651,8 @@ def adversarial_mnist_cpu_section(folder: Path) -> list[str]:
     if not reports:
         return []
     lines = ["", "## Adversarial training on the full MNIST training set (`benchmarks/adv_mnist_cpu.sh`)", "",
-             "| run | head | ε (L∞) | epochs | train minutes | clean | PGD-20 | AutoAttack (standard) | Square 5000 | "
-             "Square − AutoAttack |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| run | head | ε (L∞) | epochs | train minutes | test points | clean | PGD-20 | AutoAttack (standard) | "
+             "Square 5000 | Square − AutoAttack |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in reports:
         report = json.loads(path.read_text())
         name = path.stem
@@ -666,13 +666,13 @@ def adversarial_mnist_cpu_section(folder: Path) -> list[str]:
         gap = None if None in (accuracy["square"], accuracy["autoattack"]) else \
             accuracy["square"] - accuracy["autoattack"]
         lines.append(f"| {name} | {name.split('-')[2]} | {eps:g} | {epochs[-1][1].split('/')[0] if epochs else '?'} | "
-                     f"{minutes:.0f} | {_fmt(report['clean_accuracy'], True)} | {_fmt(accuracy['pgd-20'], True)} | "
+                     f"{minutes:.0f} | {report['n_samples']} | {_fmt(report['clean_accuracy'], True)} | "
+                     f"{_fmt(accuracy['pgd-20'], True)} | "
                      f"{_fmt(accuracy['autoattack'], True)} | {_fmt(accuracy['square'], True)} | "
                      f"{'' if gap is None else f'{100 * gap:+.1f} points'} |")
-    n = {json.loads(p.read_text())["n_samples"] for p in reports}
-    lines += ["", f"Each model evaluated on the same fixed subset of {', '.join(map(str, sorted(n)))} MNIST test images "
-              "(`--n-samples`: seeded, sorted); robust accuracies over all of them (a misclassified point counts as "
-              "broken)."]
+    lines += ["", "Each model is evaluated on robustproto's fixed subset of that many MNIST test images (`--n-samples`: "
+              "seeded, sorted; a smaller subset is part of a larger one); robust accuracies are over all of them (a "
+              "misclassified point counts as broken)."]
     return [*lines, "", *NOTES.get(("adv_mnist_cpu", "any"), [])]
 
 
