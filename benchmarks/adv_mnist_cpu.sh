@@ -2,7 +2,7 @@
 # Issue 12's CPU check: fast adversarial training (FGSM-RS, Wong et al. 2020) of `kp_cnn_mnist` with a linear and
 # a GLVQ head on the full MNIST training set at L∞ ε = 0.1 and ε = 0.3, then clean accuracy, PGD-20, AutoAttack
 # (standard: 100-step APGD-CE/APGD-T, FAB-T, Square 5000) and Square alone (5000 queries) at the training ε on
-# the first 1000 test points.
+# a fixed subset of POINTS test points (1000).
 #
 #   bash benchmarks/adv_mnist_cpu.sh [DATA_DIR]      # DATA_DIR holds MNIST/raw (default ../shared/data)
 #
@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}
 EPOCHS=${EPOCHS:-7}
+POINTS=${POINTS:-1000}
 WARMUP=${WARMUP:-2}
 OUT=benchmarks/results/adv_mnist_cpu
 mkdir -p "$OUT"
@@ -28,7 +29,7 @@ lane() {  # one model after another: train, then evaluate
       --sched cosine --output "runs/adv-mnist-cpu/$name" > "$OUT/$name.train.log" 2>&1
     trained=$(date +%s)
     robustproto eval --config "recipes/kp-mnist-$head-fgsm-rs.toml" --model "runs/adv-mnist-cpu/$name" \
-      --data-dir "$DATA" --n-samples 1000 --eps "$eps" --attack pgd-20 --attack autoattack --attack square \
+      --data-dir "$DATA" --n-samples "$POINTS" --eps "$eps" --attack pgd-20 --attack autoattack --attack square \
       --report "$OUT/$name.json" > "$OUT/$name.eval.log" 2>&1
     echo "$name train_s=$((trained - start)) eval_s=$(($(date +%s) - trained))" >> "$OUT/times.txt"
   done
