@@ -179,20 +179,17 @@ class _TracedGraph:
                 m.training = training
         self.modules = dict(self.graph.named_modules())
         self._constants: dict = {}  # node -> its factor, for the factors that depend on shapes only
-        self._check()
-
-    def _check(self) -> None:
-        """Raise now, naming the op, on what :meth:`bound` cannot bound (a test walk with unit norms)."""
-        self.bound(_UnitNorms())
 
     def output_shape(self) -> torch.Size:
-        (out,) = [n for n in self.graph.graph.nodes if n.op == "output"][0].args
-        return _tensor_meta(out).shape
+        return _tensor_meta(self._output()).shape
 
-    def layers(self) -> list[tuple[str, nn.Module]]:
-        """The linear and convolutional layers whose norms :meth:`bound` asks for, by qualified name."""
-        return [(name, m) for name, m in self.modules.items()
-                if name and (computes_like(m, nn.Linear) or isinstance(m, nn.Conv2d))]
+    def _output(self):
+        """The node the traced module returns; a module returning anything but one tensor is refused."""
+        (out,) = next(n for n in self.graph.graph.nodes if n.op == "output").args
+        if not isinstance(out, fx.Node):
+            raise NotImplementedError(f"lipschitz_upper_bound: the traced module returns {type(out).__name__}, "
+                                      "not one tensor")
+        return out
 
     def bound(self, norms):
         """The bound of the whole module: a float with exact norms, a tensor with differentiable ones."""
@@ -202,11 +199,7 @@ class _TracedGraph:
             if node.op == "placeholder":
                 bound[node] = 1.0
             elif node.op == "output":
-                (out,) = node.args
-                if not isinstance(out, fx.Node):
-                    raise NotImplementedError(f"lipschitz_upper_bound: the traced module returns "
-                                              f"{type(out).__name__}, not one tensor")
-                return bound[out]
+                return bound[self._output()]
             elif _tensor_meta(node) is None or not operands:
                 continue  # shapes, sizes, constants: they do not move with the input
             elif node.op != "call_module" and node.target in _SUMS:
@@ -264,17 +257,23 @@ class _TracedGraph:
         return bn if _is_batchnorm(bn) else None
 
 
-class _UnitNorms:
-    """Every layer norm 1: walks the graph to find what it cannot bound, before any norm is computed."""
+class _LayerCollector:
+    """Every layer norm 1, and each layer a walk asks a norm of recorded in walk order, with its input size
+    (``None`` for a linear layer): a walk with it raises, naming the op, on what the bound cannot follow."""
 
     dtype = torch.float32
 
+    def __init__(self):
+        self.layers: dict[str, tuple[nn.Module, tuple[int, ...] | None]] = {}
+
     def linear(self, key, module, weight) -> float:
+        self.layers.setdefault(key, (module, None))
         return 1.0
 
     def conv(self, key, module, input_hw, weight) -> float:
         if not computes_like(module, nn.Conv2d) or module.padding_mode != "zeros" or isinstance(module.padding, str):
             conv2d_norm_bound(module, input_hw)  # raises, naming what is not supported
+        self.layers.setdefault(key, (module, tuple(input_hw)))
         return 1.0
 
 
@@ -364,9 +363,9 @@ class LipschitzEstimate(nn.Module):
     converged (the certificate bounds a convolution by its circulant embedding, 2–8 % above the operator's
     norm for 3×3 kernels on 8–12 px maps): train against this, certify with :func:`lipschitz_upper_bound`.
 
-    The vectors are buffers (``u0, u1, ...`` in layer order, float32), so they travel with ``state_dict``;
-    they start from a fixed seed, so every process of a distributed run holds the same ones, and a saved
-    vector of another shape (another input size) is taken on load and restarted at the next call.
+    The vectors are buffers (``u0, u1, ...`` in the order the walk meets the layers, float32), so they travel
+    with ``state_dict``; they start from a fixed seed, so every process of a distributed run holds the same ones,
+    and a saved vector of another shape (another input size) is taken on load and restarted at the next call.
     ``model`` (a :class:`robustproto.ProtoModel`) is not registered as a submodule: the estimate owns only its
     vectors. ``forward()`` returns the float32 scalar ``L`` for images of ``input_size`` (C, H, W), differentiable
     in the weights, and advances the vectors ``iterations`` steps.
@@ -381,23 +380,18 @@ class LipschitzEstimate(nn.Module):
         self._graphs = _trace_embedding(model, input_size)
         self._normalize = float(model.normalize.lipschitz_constant())
         self._device_type = next(iter([*model.parameters(), *model.buffers()])).device.type
-        layers = [(f"{part}.{name}", module) for part, graph in zip(("backbone", "neck"), self._graphs)
-                  for name, module in graph.layers()]
-        self._index = {key: i for i, (key, _) in enumerate(layers)}
         generator = torch.Generator().manual_seed(0)
-        self._operators: dict[str, LayerOperator] = {}
+        self._operators: dict[str, LayerOperator] = {}  # per layer (``part.name``) its operator
+        self._vectors: dict[str, str] = {}  # and the name of its vector's buffer
         for part, graph in zip(("backbone", "neck"), self._graphs):
-            for node in graph.graph.graph.nodes:
-                if node.op == "call_module" and f"{part}.{node.target}" in self._index:
-                    module = graph.modules[node.target]
-                    hw = _tensor_meta(node.args[0]).shape[2:] if isinstance(module, nn.Conv2d) else None
-                    key = f"{part}.{node.target}"
-                    self._operators[key] = LayerOperator(module, "operator" if hw is not None else "reshape", hw)
-        for key, i in self._index.items():
-            op = self._operators[key]
-            u = torch.randn(op.u_shape, generator=generator)
-            device = dict(layers)[key].weight.device
-            self.register_buffer(f"u{i}", (u / u.norm()).to(device))
+            found = _LayerCollector()
+            graph.bound(found)  # raises now, naming the op, on what the bound cannot follow
+            for name, (module, hw) in found.layers.items():
+                key = f"{part}.{name}"
+                op = LayerOperator(module, "reshape" if hw is None else "operator", hw)
+                u = torch.randn(op.u_shape, generator=generator)
+                self._operators[key], self._vectors[key] = op, f"u{len(self._operators)}"
+                self.register_buffer(self._vectors[key], (u / u.norm()).to(module.weight.device))
 
     def forward(self) -> torch.Tensor:
         norms = _PowerIterationNorms(self)
@@ -430,7 +424,7 @@ class _PowerIterationNorms:
 
     def _sigma(self, key: str, weight: torch.Tensor) -> torch.Tensor:
         key = f"{self.prefix}.{key}"
-        op, name = self.estimate._operators[key], f"u{self.estimate._index[key]}"
+        op, name = self.estimate._operators[key], self.estimate._vectors[key]
         u = getattr(self.estimate, name)
         if tuple(u.shape) != tuple(op.u_shape):  # loaded from another input size: restart
             u = torch.randn(op.u_shape, generator=torch.Generator().manual_seed(0)).to(weight.device)
