@@ -5,10 +5,12 @@
 # a fixed subset of POINTS test points (1000).
 #
 #   bash benchmarks/adv_mnist_cpu.sh [DATA_DIR]      # DATA_DIR holds MNIST/raw (default ../shared/data)
+#   LANES="linear@0.1 glvq@0.1" bash benchmarks/adv_mnist_cpu.sh   # only these runs, one lane each
 #
 # The recipes kp-mnist-{linear,glvq}-fgsm-rs.toml are used with the overrides below, which fit a 2-core CPU:
 # EPOCHS epochs at batch 100 with Adam (lr 1e-3, cosine) instead of the recipe's 84 epochs at batch 50, and ε
-# ramped up over the first WARMUP epochs. Two runs go side by side, one thread each. Models go to
+# ramped up over the first WARMUP epochs. LANES (space-separated lanes of comma-separated HEAD@EPS runs) go side by
+# side, one thread each. Models go to
 # runs/adv-mnist-cpu/, reports to benchmarks/results/adv_mnist_cpu/, the log with wall times beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,7 @@ lane() {  # one model after another: train, then evaluate
   done
 }
 
-lane glvq@0.3 linear@0.1 &
-lane linear@0.3 glvq@0.1 &
+for runs in ${LANES:-glvq@0.3,linear@0.1 linear@0.3,glvq@0.1}; do
+  lane ${runs//,/ } &
+done
 wait
