@@ -15,7 +15,8 @@ about an attack's strength is changed to move a number.
 Data: MNIST from ``--data-dir`` (``DIR/MNIST/raw``, default ``../shared/data``); CIFAR-10 from
 ``DIR/cifar-10-batches-py`` if present, else ``cifar10-jpg.zip`` (the JPEG copy, found in the data
 folder) unpacked once into ``runs/data/`` and read as an image folder; CIFAR-100 from
-``DIR/cifar-100-python`` (skipped, and said so, when absent).
+``DIR/cifar-100-python`` and Imagenette-160 from ``DIR/imagenette2-160`` (fastai's imagenette2-160.tgz unpacked:
+``train/`` and ``val/``), each skipped, and said so, when absent.
 
 Writes ``benchmarks/results/REPRODUCTION.md`` (per paper a table: the paper's number, ours, the
 scale, the difference, and a sentence where they differ) and ``benchmarks/results/reproduction_<scale>.json``
@@ -97,6 +98,9 @@ SMALL: dict[str, dict[str, Any]] = {
                      "eval": {"n_samples": 1000, "bisection_steps": 0}},
     "khalid-cifar10": {"train": {"max_train_samples": 4000, "max_test_samples": 1000, "epochs": 2},
                        "eval": {"n_samples": 500, "bisection_steps": 0}},
+    # Imagenette-160 at 160×160 costs 25 times CIFAR-10 per image: fewer images and epochs
+    "khalid-imagenette": {"train": {"max_train_samples": 2000, "max_test_samples": 500, "epochs": 2},
+                          "eval": {"n_samples": 300, "bisection_steps": 0}},
     "serban": {"train": {"max_train_samples": 1000, "max_test_samples": 200, "epochs": 1, "warmup_epochs": 0,
                          "mixed_precision": "no"},
                # PGD-100 and AutoAttack on a CPU ResNet-18 do not fit the budget
@@ -148,7 +152,8 @@ def is_adversarial(name: str) -> bool:
 
 
 def family(name: str) -> str:
-    """The key of ``SMALL`` for a recipe name: ``saralajew``, ``khalid-mnist``, ``khalid-cifar10``, ``serban``,
+    """The key of ``SMALL`` for a recipe name: ``saralajew``, ``khalid-mnist``, ``khalid-cifar10``,
+    ``khalid-imagenette``, ``serban``,
     ``hein``; for adversarial training ``madry``, ``kp`` (``madry-fgsm-rs``, ``kp-fgsm-rs`` for FGSM-RS, whose ε
     warm-up the small scale shortens), ``wong``, ``rice``, ``zhang``, ``finetune`` and ``serban-pgd-at``; for
     certified training ``gloro``."""
@@ -179,6 +184,9 @@ def cifar10_source(data_dir: Path) -> dict[str, Any]:
     return {"dataset": "imagefolder", "data_dir": str(target)}
 
 
+IMAGENETTE = "imagenette2-160"  # the folder of the Imagenette-160 recipes (dataset "imagefolder") under --data-dir
+
+
 def data_overrides(cfg: robustproto.TrainConfig, data_dir: Path) -> dict[str, Any] | None:
     """Where the recipe's dataset lives here; ``None`` if this machine does not have it."""
     if cfg.dataset == "mnist":
@@ -187,6 +195,9 @@ def data_overrides(cfg: robustproto.TrainConfig, data_dir: Path) -> dict[str, An
         return cifar10_source(data_dir)
     if cfg.dataset == "cifar100":
         return {"data_dir": str(data_dir)} if (data_dir / "cifar-100-python").is_dir() else None
+    if cfg.dataset == "imagefolder":  # the Imagenette-160 recipes: fastai's imagenette2-160.tgz unpacked in DIR
+        folder = data_dir / IMAGENETTE
+        return {"data_dir": str(folder)} if (folder / "train").is_dir() and (folder / "val").is_dir() else None
     return {}
 
 
@@ -221,8 +232,9 @@ def plan_experiment(path: Path, scale: str, data_dir: Path, runs: Path):
     recipe = resolve_config(load_recipe(path))
     data = data_overrides(recipe, data_dir)
     if data is None:
+        what = f"{IMAGENETTE} (Imagenette-160)" if recipe.dataset == "imagefolder" else recipe.dataset
         return Outcome(name, scale, recipe.to_dict(),
-                       skipped=f"{recipe.dataset} is not in --data-dir (no network to download it)")
+                       skipped=f"{what} is not in --data-dir (no network to download it)")
     if recipe.pretrained_weights:
         weights = weights_file(recipe, data_dir)
         if weights is None:
@@ -351,20 +363,27 @@ def saralajew_rows(outcomes: dict[str, Outcome]) -> list[Row]:
     return rows
 
 
-KHALID_EPS = {"mnist": (0.1, 0.2, 0.3), "cifar10": (0.01, 0.03, 0.1)}
+KHALID_EPS = {"mnist": (0.1, 0.2, 0.3), "cifar10": (0.01, 0.03, 0.1), "imagenette": (0.01, 0.03, 0.1)}
+
+
+# the paper's four combinations (not the scale-aware variants of issue 13)
+KHALID_FOUR = tuple(f"khalid-mnist-{head}{reg}" for head in ("linear", "glvq") for reg in ("", "-lipschitz"))
 
 
 def khalid_rows(outcomes: dict[str, Outcome]) -> list[Row]:
     rows = []
-    for data, clean in (("mnist", "ca. 98 %"), ("cifar10", "ca. 70 %")):
+    for data, clean in (("mnist", "ca. 98 %"), ("cifar10", "ca. 70 %"), ("imagenette", "ca. 70 %")):
         for head in ("linear", "glvq"):
-            for suffix in ("", "-lipschitz"):
+            for suffix in ("", "-lipschitz", "-lipschitz-scaled"):
                 out = outcomes.get(f"khalid-{data}-{head}{suffix}")
                 if out is None:
                     continue
+                if out.skipped:
+                    rows.append((out.name, "not run", "", out.skipped, False))
+                    continue
                 rows.append((out.name, _clean_label(out), clean, out.test_acc, True))
                 for eps in KHALID_EPS[data]:
-                    paper = "highest of 4" if head == "glvq" and suffix else "curve only"
+                    paper = "highest of 4" if head == "glvq" and suffix == "-lipschitz" else "curve only"
                     for attack, loss in (("fgsm@ce", "CE-FGSM (the paper's)"), ("fgsm@margin", "margin FGSM")):
                         rows.append((out.name, f"{loss} accuracy, ε = {eps}", paper,
                                      _robust_accuracy(out.report, attack, eps), True))
@@ -423,14 +442,15 @@ def certified_rows(outcomes: dict[str, Outcome]) -> list[Row]:
 
 
 def largest_radius_over_distance(report: dict | None, certificate: dict | None) -> float | None:
-    """The largest certified radius divided by the smallest L2 adversarial distance found for the same point (the
-    first points of both: eval and certify read the same fixed subset), over the points with both."""
+    """The largest certified radius divided by the smallest L2 adversarial distance found for the same point, over
+    the points with both; ``None`` unless eval and certify ran on the same number of points. Only then are they the
+    same points in the same order: a fixed subset of n points is sorted by index, so a smaller subset is part of a
+    larger one but not its first points."""
     found = ((report or {}).get("distances") or {}).get("L2", {}).get("worst_case")
     radii = (certificate or {}).get("radii")
-    if not found or not radii:
+    if not found or not radii or len(found) != len(radii):
         return None
-    n = min(len(found), len(radii))
-    ratios = [r / d for r, d in zip(radii[:n], found[:n]) if r > 0 and math.isfinite(d) and d > 0]
+    ratios = [r / d for r, d in zip(radii, found) if r > 0 and math.isfinite(d) and d > 0]
     return max(ratios) if ratios else None
 
 
@@ -530,7 +550,7 @@ def checks(outcomes: dict[str, Outcome]) -> list[tuple[str, bool | None, str]]:
     for attack, loss in (("fgsm@ce", "CE-FGSM"), ("fgsm@margin", "margin-FGSM")):
         for eps in KHALID_EPS["mnist"]:
             accs = {n: _robust_accuracy(outcomes[n].report, attack, eps) for n in outcomes
-                    if n.startswith("khalid-mnist-")}
+                    if n in KHALID_FOUR}
             ok = None if len(accs) < 4 or None in accs.values() else \
                 accs["khalid-mnist-glvq-lipschitz"] == max(accs.values())
             found.append((f"Khalid & Paaßen MNIST: Lipschitz-GLVQ has the highest {loss} accuracy of the four at "
@@ -631,6 +651,8 @@ def write_results(outcomes_list: list[Outcome], args) -> Path:
                          f"{_scale_text(outcomes[name])} | {_diff(ours, paper, percent)} |")
         lines += [""] + NOTES.get((title.split(" ")[0].rstrip(","), args.scale), [])
     lines += adversarial_mnist_cpu_section(args.results / "adv_mnist_cpu")
+    for data in ("mnist", "cifar10"):
+        lines += khalid_cpu_section(args.results / f"khalid_{data}_cpu", data)
     lines += ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for target, ok, measured in checks(outcomes):
         lines.append(f"| {target} | {measured} | {'—' if ok is None else 'yes' if ok else '**no**'} |")
@@ -674,6 +696,66 @@ def adversarial_mnist_cpu_section(folder: Path) -> list[str]:
               "seeded, sorted; a smaller subset is part of a larger one); robust accuracies are over all of them (a "
               "misclassified point counts as broken)."]
     return [*lines, "", *NOTES.get(("adv_mnist_cpu", "any"), [])]
+
+
+def khalid_cpu_section(folder: Path, data: str) -> list[str]:
+    """The section of ``benchmarks/khalid_cpu.py --data DATA`` (issue 13: does Khalid & Paaßen's penalty bind), if it
+    ran."""
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.analysis.json"))]
+    if not runs:
+        return []
+    order = {"linear": 0, "glvq": 1}
+    runs.sort(key=lambda r: (order[r["run"].split("-")[0]], len(r["run"])))
+    title, sigma, backbone = {"mnist": ("MNIST", 0.1, "kp_cnn_mnist"), "cifar10": ("CIFAR-10", 0.03, "kp_cnn_cifar")}[data]
+    lines = ["", f"## Khalid & Paaßen on {title}: does the penalty bind? (`benchmarks/khalid_cpu.py --data {data}`)", "",
+             f"`{backbone}`, {runs[0]['train_samples'] or 'all'} training images, {len(runs[0]['epochs'])} epochs, "
+             "each recipe's optimiser; one seed. Violations: the share of a training epoch's neighbours that broke the "
+             "penalty's condition. After training, on "
+             f"{runs[0]['after_training']['points']} test images: D/d for Gaussian neighbours (σ = {sigma}, squared "
+             "distances, the paper's measure), ‖J‖²_F/n (what a Gaussian neighbour measures) and ‖J‖²₂ (what an "
+             "attack sees; power iteration, a lower bound), and D/δ² with δ the gap between the closest prototypes "
+             "of different classes.", "",
+             "| run | penalty | test acc. per epoch (%) | violations per epoch (%) | D/d | ‖J‖²_F/n | ‖J‖²₂ | "
+             "‖J‖²₂ ÷ (‖J‖²_F/n) | D/δ² |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        shares = [e["violations"] for e in run["epochs"]]
+        measured = run["after_training"]
+        gap = run["prototype_gap_sq"]
+        relative = "—" if gap is None else f"{measured['mean_D'] / gap:.3g}"
+        accuracies = " · ".join(f"{100 * e['test_acc']:.0f}" for e in run["epochs"])
+        lines.append(
+            f"| {run['run']} | {', '.join(run['reg']) or '—'} | {accuracies} | "
+            f"{'—' if None in shares else ' · '.join(f'{100 * v:.2g}' for v in shares)} | "
+            f"{measured['D_over_d']:.3g} | {measured['frobenius_sq_per_pixel']:.3g} | {measured['spectral_sq']:.3g} | "
+            f"{measured['spectral_sq'] / measured['frobenius_sq_per_pixel']:.0f} | "
+            f"{relative} |")
+    eps_points = []
+    for run in runs:
+        attacks = _read_report(folder / f"{run['run']}.attacks.json")
+        if attacks:
+            eps_points.append((attacks["results"][0]["eps"], attacks["n_samples"]))
+    eps, points = eps_points[0] if eps_points else (0.1, 0)
+    lines += ["", f"Robustness at L∞ ε = {eps:g} (pixel units). Clean and FGSM: 1000 test images; margin PGD-40, "
+              f"Square (5000 queries) and the standard AutoAttack: {points} of them (robust accuracy over all of "
+              "them, misclassified points count as broken).", "",
+              "| run | clean | CE-FGSM | margin FGSM | clean (subset) | margin PGD-40 | Square | AutoAttack | "
+              "Square − AutoAttack |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        fgsm = _read_report(folder / f"{run['run']}.fgsm.json")
+        strong = _read_report(folder / f"{run['run']}.attacks.json")
+        acc = {a: _robust_accuracy(strong, a, eps) for a in ("pgd-40@margin", "square", "autoattack")}
+        gap = None if None in (acc["square"], acc["autoattack"]) else acc["square"] - acc["autoattack"]
+        lines.append(f"| {run['run']} | {_fmt((fgsm or {}).get('clean_accuracy'), True)} | "
+                     f"{_fmt(_robust_accuracy(fgsm, 'fgsm@ce', eps), True)} | "
+                     f"{_fmt(_robust_accuracy(fgsm, 'fgsm@margin', eps), True)} | "
+                     f"{_fmt((strong or {}).get('clean_accuracy'), True)} | {_fmt(acc['pgd-40@margin'], True)} | "
+                     f"{_fmt(acc['square'], True)} | {_fmt(acc['autoattack'], True)} | "
+                     f"{'' if gap is None else f'{100 * gap:+.1f} points'} |")
+    return [*lines, "", *NOTES.get((f"khalid_{data}_cpu", "any"), [])]
+
+
+def _read_report(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # Sentences on why our numbers differ from the papers', per (paper, scale); written after looking at the runs.

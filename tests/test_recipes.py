@@ -1,7 +1,7 @@
 """The paper recipes in recipes/: each parses into a TrainConfig and trains for one step as written.
 
 The smoke runs keep every model, head, regularizer and training setting of a recipe and shrink only
-the data (the bundled MNIST subset, or a tiny fake CIFAR image folder), the epochs and the batch.
+the data (the bundled MNIST subset, or a tiny fake CIFAR / Imagenette image folder), the epochs and the batch.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ PAPERS = {"saralajew": "Saralajew", "khalid": "Khalid & Paaßen", "serban": "Ser
           "finetune": "Madry",
           # issue 13, certified training against GloRo's numbers on GloRo's networks
           "gloro": "Leino, Wang & Fredrikson"}
-# the issue's experiments: 6 + 8 + 2 + 4; issue 12: {madry, kp} × {linear, glvq} × {pgd-at, trades, fgsm-rs},
+# the issue's experiments: 6 + 8 + 2 + 4, issue 13's two scale-aware Khalid & Paaßen variants and Khalid & Paaßen's
+# four Imagenette-160 models; issue 12: {madry, kp} × {linear, glvq} × {pgd-at, trades, fgsm-rs},
 # Wong, Rice, Zhang, the fine-tuning recipe and Serban's repulsive head with PGD-AT
-EXPECTED = {"saralajew": 6, "khalid": 8, "serban": 3, "hein": 4,
+EXPECTED = {"saralajew": 6, "khalid": 14, "serban": 3, "hein": 4,
             "madry": 6, "kp": 6, "wong": 1, "rice": 1, "zhang": 1, "finetune": 1, "gloro": 3}
 ADVERSARIAL_TRAINING = ("pgd-at", "fgsm-rs", "trades")
 STEP = 8  # samples per smoke run: one optimiser step of this batch size
@@ -67,7 +68,8 @@ def test_recipe_eval_table_is_what_eval_and_certify_run(path):
     table = resolve_config(recipe).eval
     settings = recipe.eval_config()  # what `robustproto eval --config` runs
     assert settings == EvalConfig.resolve(table)  # the [eval] table a run folder keeps says the same
-    assert settings.n_samples == 10000  # the whole MNIST / CIFAR test set, as in the papers
+    # the whole MNIST / CIFAR test set, as in the papers; the whole Imagenette-160 val split (3925 images)
+    assert settings.n_samples == (3925 if "-imagenette-" in path.stem else 10000)
     for norm, names in settings.attacks.items():
         for name in names:
             key, spec, _ = parse_attack(name, {})
@@ -85,7 +87,10 @@ def test_recipe_eval_table_is_what_eval_and_certify_run(path):
         assert table["certify"] == {"norm": "L2", "n_samples": 10000}
         assert recipe.certify_config() == CertifyConfig(norm="L2", n_samples=10000)  # what `certify --config` runs
     if paper == "khalid":
-        top = 6.0 if "-mnist-" in path.stem else 0.2
+        top = 6.0 if "-mnist-" in path.stem else 0.2  # ε ∈ [0.001, 0.2] for CIFAR-10 and Imagenette-160
+        if "-imagenette-" in path.stem:  # Imagenette-160 read as an image folder at 160×160, batch size 64
+            cfg = resolve_config(recipe)
+            assert (cfg.dataset, cfg.img_size, cfg.batch_size, cfg.backbone) == ("imagefolder", 160, 64, "kp_cnn_cifar")
         # the paper's CE-FGSM beside FGSM on the scale-free margin
         assert settings.attacks == {"Linf": ("fgsm@ce", "fgsm@margin")} and settings.eps["Linf"][1] == 0.001
         assert max(settings.eps["Linf"]) == top
@@ -112,10 +117,11 @@ def test_recipe_eval_table_is_what_eval_and_certify_run(path):
             (reg.eps, "L2" if paper == "rice" else "Linf")
 
 
-def _fake_image_folder(root: Path, num_classes: int) -> Path:
-    """``root/train`` and ``root/test`` with one 32×32 RGB PNG per class and split: a stand-in for CIFAR."""
+def _fake_image_folder(root: Path, num_classes: int, test_split: str = "test") -> Path:
+    """``root/train`` and ``root/<test_split>`` with one 32×32 RGB PNG per class and split: a stand-in for CIFAR
+    (``test``) or Imagenette (``val``, its own layout)."""
     rng = np.random.default_rng(0)
-    for split in ("train", "test"):
+    for split in ("train", test_split):
         for k in range(num_classes):
             folder = root / split / f"class{k:03d}"
             folder.mkdir(parents=True)
@@ -142,6 +148,10 @@ def _smoke_overrides(cfg: robustproto.TrainConfig, tmp_path: Path) -> dict:
         small["img_size"] = 32
     if cfg.dataset == "mnist":
         return {**small, "dataset": "mnist-small"}
+    if cfg.dataset == "imagefolder":  # Imagenette-160: 10 classes, DIR/train and DIR/val
+        folder = _fake_image_folder(tmp_path / "imagenette2-160", 10, test_split="val")
+        return {**small, "data_dir": str(folder), "max_train_samples": None, "max_test_samples": None,
+                "batch_size": 10}
     classes = {"cifar10": 10, "cifar100": 100}[cfg.dataset]
     folder = _fake_image_folder(tmp_path / "images", classes)
     return {**small, "dataset": "imagefolder", "data_dir": str(folder), "max_train_samples": None,

@@ -31,8 +31,8 @@ def reproduce():
 def data_dir(tmp_path):
     """A data folder that has every dataset the recipes name (CIFAR in torchvision's layout, so nothing unpacks) and
     every pretrained-weights file they name (empty: nothing is trained here)."""
-    for name in ("MNIST", "cifar-10-batches-py", "cifar-100-python"):
-        (tmp_path / name).mkdir()
+    for name in ("MNIST", "cifar-10-batches-py", "cifar-100-python", "imagenette2-160/train", "imagenette2-160/val"):
+        (tmp_path / name).mkdir(parents=True)
     for path in RECIPES:
         weights = resolve_config(load_recipe(path)).pretrained_weights
         if weights:
@@ -49,7 +49,9 @@ def test_full_scale_runs_the_recipe_as_written(reproduce, data_dir, tmp_path, pa
     as_written = recipe.to_dict()
     differing = {k for k, v in cfg.to_dict().items() if as_written[k] != v}
     assert differing == {"data_dir", "output"} | ({"pretrained_weights"} if recipe.pretrained_weights else set())
-    assert cfg.data_dir == str(data_dir) and cfg.output == str(tmp_path / "runs" / path.stem)
+    # the Imagenette-160 recipes read the unpacked imagenette2-160 folder as an image folder
+    folder = data_dir / "imagenette2-160" if recipe.dataset == "imagefolder" else data_dir
+    assert cfg.data_dir == str(folder) and cfg.output == str(tmp_path / "runs" / path.stem)
     if recipe.pretrained_weights:  # the recipe's relative path, found under --data-dir
         assert cfg.pretrained_weights == str(data_dir / recipe.pretrained_weights)
 
@@ -69,6 +71,18 @@ def test_small_scale_shrinks_every_recipe_into_a_valid_protocol(reproduce, data_
         # which attacks run may change, never their strength (steps, restarts, queries)
         assert settings.attack_options == as_written.attack_options
     assert reproduce.SMALL == shared_table  # planning one recipe never changes another's
+
+
+def test_imagenette_recipes_are_skipped_with_a_reason_without_their_data(reproduce, tmp_path):
+    names = [p.stem for p in RECIPES if p.stem.startswith("khalid-imagenette-")]
+    assert len(names) == 4 and {reproduce.family(n) for n in names} == {"khalid-imagenette"}
+    outcomes = {n: reproduce.plan_experiment(ROOT / "recipes" / f"{n}.toml", "small", tmp_path, tmp_path / "runs")
+                for n in names}
+    for out in outcomes.values():
+        assert isinstance(out, reproduce.Outcome) and out.skipped == \
+            "imagenette2-160 (Imagenette-160) is not in --data-dir (no network to download it)"
+    assert [row[1] for row in reproduce.khalid_rows(outcomes)] == ["not run"] * 4
+    assert {row[3] for row in reproduce.summary_rows(outcomes)} == {"not run"}
 
 
 def test_reports_name_no_folder_of_the_machine(reproduce, tmp_path):
@@ -142,3 +156,43 @@ def test_adversarial_section_and_summary(reproduce, tmp_path):
     args = type("Args", (), {"results": tmp_path / "results", "scale": "small", "data_dir": tmp_path})()
     text = reproduce.write_results(list(outcomes.values()), args).read_text()
     assert "## Adversarial training" in text and "AutoAttack is left out for time" in text
+
+
+def test_certified_radius_is_compared_with_the_distance_of_the_same_point_only(reproduce):
+    report = {"distances": {"L2": {"worst_case": [2.0, float("inf"), 0.5, 1.0]}}}
+    certificate = {"radii": [1.0, 3.0, 0.25, 0.0]}
+    assert reproduce.largest_radius_over_distance(report, certificate) == 0.5  # 1/2 and 0.25/0.5; ∞ and 0 left out
+    # eval on 2 points, certify on 4: a fixed subset is sorted by index, so the 2 are not the first 2 of the 4
+    assert reproduce.largest_radius_over_distance({"distances": {"L2": {"worst_case": [2.0, 0.5]}}}, certificate) \
+        is None
+
+
+def test_khalid_cpu_section_reports_violations_per_epoch_and_every_attack(reproduce, tmp_path):
+    import json
+
+    folder = tmp_path / "khalid_mnist_cpu"
+    assert reproduce.khalid_cpu_section(folder, "mnist") == []  # not run: no section
+    folder.mkdir()
+    measured = {"points": 500, "D_over_d": 0.004, "mean_D": 0.03, "mean_d": 7.85, "frobenius_sq_per_pixel": 0.0015,
+                "spectral_sq": 0.3, "embedding_rms_sq": 0.5}
+    for name, reg, shares, gap in (("glvq-lipschitz-scaled", ["lipschitz:L=0.08"], [0.057, 0.0149], 0.3),
+                                   ("linear", [], [None, None], None)):
+        epochs = [{"epoch": i + 1, "test_acc": 0.9 + i / 100, "train_acc": 0.9, "violations": v}
+                  for i, v in enumerate(shares)]
+        (folder / f"{name}.analysis.json").write_text(json.dumps(
+            {"run": name, "recipe": "", "train_samples": 12000, "reg": reg, "epochs": epochs,
+             "after_training": measured, "prototype_gap_sq": gap}))
+        (folder / f"{name}.fgsm.json").write_text(json.dumps({"clean_accuracy": 0.98, "results": [
+            {"attack": "fgsm@ce", "eps": 0.1, "robust_accuracy": 0.77},
+            {"attack": "fgsm@margin", "eps": 0.1, "robust_accuracy": 0.65}]}))
+    (folder / "linear.attacks.json").write_text(json.dumps({"clean_accuracy": 0.99, "n_samples": 200, "results": [
+        {"attack": "pgd-40@margin", "eps": 0.1, "robust_accuracy": 0.695},
+        {"attack": "square", "eps": 0.1, "robust_accuracy": 0.71},
+        {"attack": "autoattack", "eps": 0.1, "robust_accuracy": 0.68}]}))
+    lines = reproduce.khalid_cpu_section(folder, "mnist")
+    (penalty, _), (linear_penalty, robustness) = ([line for line in lines if line.startswith(f"| {name} |")]
+                                                  for name in ("glvq-lipschitz-scaled", "linear"))  # one row a table
+    assert "| 5.7 · 1.5 |" in penalty and "| 90 · 91 |" in penalty  # violations and test accuracy per epoch, in %
+    assert penalty.endswith("| 0.1 |") and linear_penalty.endswith("| — |")  # D/δ²: GLVQ only
+    assert "69.5 %" in robustness and "71.0 %" in robustness and "68.0 %" in robustness and "+3.0 points" in robustness
+    assert "200 of them" in "\n".join(lines)
