@@ -231,8 +231,9 @@ def _train(cfg: TrainConfig, accelerator) -> TrainResult:
 
     console = Console(quiet=not accelerator.is_main_process, highlight=False, soft_wrap=True)
     run = prepare_run(cfg, accelerator)
-    if accelerator.log_with:
-        accelerator.init_trackers(PROJECT, config=tracker_config(cfg), init_kwargs=tracker_init_kwargs(cfg))
+    if accelerator.log_with and accelerator.is_main_process:  # trackers run on the main process only
+        accelerator.init_trackers(PROJECT, config=tracker_config(cfg),
+                                  init_kwargs=tracker_init_kwargs(cfg, [str(t) for t in accelerator.log_with]))
     console.print(f"training {run.model.spec['backbone']} + {cfg.head} head on {cfg.dataset} "
                   f"({len(run.train_data)} train / {len(run.test_data)} test, {accelerator.num_processes} "
                   f"process(es), {accelerator.device}, mixed precision {cfg.mixed_precision})")

@@ -6,23 +6,28 @@ project_dir=<output>/trackers)``), starts them with :func:`tracker_config` after
 finishes them when :func:`~robustproto.training.train` returns or raises. Accelerate runs them on the main process
 only. TensorBoard and Aim write under :data:`TRACKER_DIR` in the run folder (TensorBoard in its
 :data:`PROJECT` subfolder); W&B, MLflow and trackio go where their own settings send them (``WANDB_DIR``,
-``MLFLOW_TRACKING_URI``, ...), as the project :data:`PROJECT` with the run folder's name as the run's name.
+``MLFLOW_TRACKING_URI``, ...), as the project :data:`PROJECT` with the run folder's name as the run's name. A W&B
+run's id is kept in the run folder (:data:`WANDB_ID_FILE`), so a resumed run continues the same W&B run.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..config import TRACKERS, TrainConfig
 from ..errors import UsageError
+from ..utils import atomic_write
 
-__all__ = ["PROJECT", "TRACKER_DIR", "epoch_values", "resolve_trackers", "tracker_config", "tracker_init_kwargs"]
+__all__ = ["PROJECT", "TRACKER_DIR", "WANDB_ID_FILE", "epoch_values", "resolve_trackers", "tracker_config",
+           "tracker_init_kwargs"]
 
 PROJECT = "robustproto"
 TRACKER_DIR = "trackers"
+WANDB_ID_FILE = "wandb-run-id"  # in TRACKER_DIR: the id of the run's W&B run, read back by --resume
 
 
 def resolve_trackers(names: tuple[str, ...]) -> list[str]:
@@ -66,10 +71,22 @@ def tracker_config(cfg: TrainConfig) -> dict[str, bool | int | float | str]:
     return out
 
 
-def tracker_init_kwargs(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
-    """Accelerate's ``init_kwargs`` per tracker: the run's name (the run folder's) where the tracker takes one."""
+def tracker_init_kwargs(cfg: TrainConfig, trackers: list[str]) -> dict[str, dict[str, Any]]:
+    """Accelerate's ``init_kwargs`` per tracker: the run's name (the run folder's) where the tracker takes one, and for
+    W&B the run's id with ``resume="allow"``: a new id for a new run, written to ``<output>/trackers/wandb-run-id``,
+    the saved one for ``cfg.resume`` (W&B then appends to the same run; a run saved before this file existed gets
+    a new id). Call it on the main process only: it writes the file."""
     name = Path(cfg.output).resolve().name
-    return {"wandb": {"name": name}, "mlflow": {"run_name": name}, "trackio": {"name": name}}
+    kwargs: dict[str, dict[str, Any]] = {"wandb": {"name": name}, "mlflow": {"run_name": name},
+                                         "trackio": {"name": name}}
+    if "wandb" in trackers:
+        id_file = Path(cfg.output) / TRACKER_DIR / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if cfg.resume and id_file.is_file() else ""
+        if not run_id:
+            run_id = secrets.token_hex(4)  # W&B ids: letters and digits, unique in the project
+            atomic_write(id_file, lambda tmp: Path(tmp).write_text(run_id + "\n"))
+        kwargs["wandb"].update(id=run_id, resume="allow")
+    return kwargs
 
 
 def epoch_values(record: Mapping[str, Any]) -> dict[str, float]:

@@ -94,13 +94,21 @@ def _wandb_history(path):
     return rows
 
 
-def test_wandb_offline_run_logs_every_epoch_metric(testkit, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """W&B in offline mode, writing under ``tmp_path/wandb-dir/wandb``: the folder of its runs."""
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()  # W&B keeps the settings of its first run in the process (WANDB_DIR among them)
+    yield tmp_path / "wandb-dir" / "wandb"
+    wandb.teardown()
+
+
+def test_wandb_offline_run_logs_every_epoch_metric(testkit, tmp_path, wandb_offline):
     train(tiny(tmp_path, epochs=2, reg=REG, log_with=["wandb"], max_train_samples=TRAIN // 4))
-    runs = list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*/run-*.wandb"))
+    runs = list(wandb_offline.glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     rows = _wandb_history(runs[0])
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
@@ -108,6 +116,18 @@ def test_wandb_offline_run_logs_every_epoch_metric(testkit, tmp_path, monkeypatc
     for row, record in zip(rows, records):
         for key in record.keys() - {"epoch", "weights_sha256"}:
             assert row[key] == pytest.approx(record[key], rel=1e-12), key
+
+
+def test_resumed_run_continues_its_wandb_run(testkit, tmp_path, wandb_offline):
+    out = tmp_path / "run"
+    train(tiny(tmp_path, epochs=1, log_with=["wandb"], max_train_samples=TRAIN // 4))
+    run_id = (out / "trackers" / "wandb-run-id").read_text().strip()
+    train(resolve_config(load_run_config(out), {"resume": str(out), "epochs": 2}))
+    files = sorted(wandb_offline.glob("offline-run-*/run-*.wandb"))
+    assert [f.name for f in files] == [f"run-{run_id}.wandb"] * 2  # one W&B run, written in two sessions
+    assert [row["_step"] for f in files for row in _wandb_history(f)] == [1, 2]
+    train(tiny(tmp_path, epochs=1, log_with=["wandb"], max_train_samples=TRAIN // 4))  # a new run in the folder
+    assert (out / "trackers" / "wandb-run-id").read_text().strip() != run_id
 
 
 def _installed(monkeypatch, *names):
