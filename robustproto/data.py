@@ -17,6 +17,8 @@ random-resized crops), so a dataset larger than memory streams from disk.
 
 from __future__ import annotations
 
+import hashlib
+import random
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -30,7 +32,8 @@ from .errors import MissingFileError, UsageError
 from .utils import describe_error
 
 __all__ = [
-    "AUGMENTATIONS", "DATASETS", "ImageData", "LightAugment", "ShiftRotate", "EpochShuffleSampler", "TimmData",
+    "AUGMENTATIONS", "DATASETS", "ImageData", "LightAugment", "ShiftRotate", "EpochShuffleSampler", "SeededItems",
+    "TimmData",
     "default_img_size", "load_split", "subset_indices", "timm_transform",
 ]
 
@@ -45,7 +48,7 @@ _TORCH_NATIVE = {"cifar10": (3, 32), "cifar100": (3, 32), "mnist": (1, 28), "kmn
 class LightAugment:
     """Random crop after zero padding, and a random horizontal flip, on one uint8 ``(C, H, W)`` image.
 
-    Draws from torch's global RNG, so Accelerate's ``save_state`` captures it for exact resumes.
+    Draws from torch's global RNG (in training seeded per item by :class:`SeededItems`).
     """
 
     def __init__(self, pad: int = 4, flip: bool = True):
@@ -136,8 +139,11 @@ class ImageData(Dataset):
                          self.in_chans, self.img_size, augment=None)
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle that depends only on ``(seed, epoch)``: every process, and a resumed run, sees the same order."""
+class EpochShuffleSampler(Sampler[tuple[int, int]]):
+    """A shuffle that depends only on ``(seed, epoch)``: every process, and a resumed run, sees the same order.
+
+    It yields ``(epoch, index)`` keys, for :class:`SeededItems` to draw each item's augmentation from.
+    """
 
     def __init__(self, length: int, seed: int):
         self.length = int(length)
@@ -148,12 +154,44 @@ class EpochShuffleSampler(Sampler[int]):
         """Select the permutation of ``epoch`` for the next iteration."""
         self.epoch = int(epoch)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
+        return iter([(self.epoch, i) for i in torch.randperm(self.length, generator=g).tolist()])
 
     def __len__(self) -> int:
         return self.length
+
+
+class SeededItems(Dataset):
+    """``data`` read with the ``(epoch, index)`` keys of :class:`EpochShuffleSampler`, each item's random augmentation
+    drawn from torch's, Python's and NumPy's global RNGs seeded by ``(seed, epoch, index)`` (and put back after).
+
+    What an item looks like then depends on nothing else: not on which DataLoader worker loads it (each has its own
+    RNG), not on the batches a loader fetched ahead of a checkpoint (Accelerate's loaders prefetch one), not on the
+    number of processes. A run resumed mid-epoch, with any ``workers``, sees the images an uninterrupted one does.
+    """
+
+    def __init__(self, data: Dataset, seed: int):
+        self.data = data
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        digest = hashlib.blake2b(f"{self.seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+        item_seed = int.from_bytes(digest, "little") >> 1  # 63 bits: torch.manual_seed's range
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):  # the CPU generator, restored on exit
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            np.random.seed(item_seed % 2**32)
+            try:
+                return self.data[index]
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
 
 
 def subset_indices(n: int, max_samples: int | None) -> torch.Tensor | None:

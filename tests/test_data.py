@@ -105,15 +105,31 @@ def test_shuffle_is_a_permutation_that_depends_only_on_seed_and_epoch():
     s1, s2 = EpochShuffleSampler(50, seed=3), EpochShuffleSampler(50, seed=3)
     s1.set_epoch(2)
     s2.set_epoch(2)
-    torch.manual_seed(1)  # the global RNG (which augmentation draws from) does not enter the order
+    torch.manual_seed(1)  # the global RNG does not enter the order
     first = list(s1)
     torch.manual_seed(2)
-    assert first == list(s2) == list(s1) and sorted(first) == list(range(50)) and len(s1) == 50
+    assert first == list(s2) == list(s1) and len(s1) == 50
+    assert {epoch for epoch, _ in first} == {2} and sorted(i for _, i in first) == list(range(50))  # (epoch, index)
     s2.set_epoch(3)
-    assert list(s2) != first and sorted(s2) == list(range(50))  # a new permutation each epoch
+    assert [i for _, i in s2] != [i for _, i in first] and sorted(i for _, i in s2) == list(range(50))  # each epoch
     other = EpochShuffleSampler(50, seed=4)
     other.set_epoch(2)
     assert list(other) != first  # and each seed
+
+
+def test_an_items_augmentation_depends_only_on_seed_epoch_and_index():
+    from robustproto.data import SeededItems
+
+    data = SeededItems(load_split("mnist-small", "train", max_samples=20, augment="shift-rotate"), seed=0)
+    torch.manual_seed(1)
+    image = data[(2, 7)][0]
+    outside = torch.rand(3)
+    torch.manual_seed(1)
+    assert torch.equal(data[(0, 3)][0], data[(0, 3)][0])  # whatever was drawn before
+    assert torch.equal(data[(2, 7)][0], image) and torch.equal(torch.rand(3), outside)  # the global RNG is put back
+    assert not torch.equal(data[(3, 7)][0], image)  # another epoch, another augmentation
+    assert not torch.equal(SeededItems(data.data, seed=1)[(2, 7)][0], image)  # and another seed
+    assert len(data) == 20 and torch.equal(data[(2, 7)][1], data.data[7][1])
 
 
 def test_augment_option_selects_the_augmentation():

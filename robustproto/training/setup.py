@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .. import checkpoint
 from ..config import TrainConfig
-from ..data import EpochShuffleSampler, ImageData, TimmData, load_split, subset_indices
+from ..data import EpochShuffleSampler, ImageData, SeededItems, TimmData, load_split, subset_indices
 from ..errors import MissingFileError, UsageError
 from ..model import ProtoModel, wrap
 from ..registry import create_regularizer
@@ -294,9 +294,9 @@ def prepare_run(cfg: TrainConfig, accelerator) -> PreparedRun:
         ema.module.load_state_dict(model.state_dict())  # the EMA starts at the initialised weights
     optimizer = create_optimizer(cfg, model)
     scheduler = create_scheduler(cfg, optimizer)
-    train_loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=EpochShuffleSampler(len(train_data),
-                              cfg.seed), num_workers=cfg.workers, drop_last=False,
-                              persistent_workers=cfg.workers > 0)
+    train_loader = DataLoader(SeededItems(train_data, cfg.seed), batch_size=cfg.batch_size,
+                              sampler=EpochShuffleSampler(len(train_data), cfg.seed), num_workers=cfg.workers,
+                              drop_last=False, persistent_workers=cfg.workers > 0)
     test_loader = DataLoader(test_data, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.workers)
     step_module, optimizer, train_loader, test_loader = accelerator.prepare(
         TrainStep(model, cfg.channels_last), optimizer, train_loader, test_loader)

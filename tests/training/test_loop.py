@@ -68,6 +68,19 @@ def test_ctrl_c_saves_a_state_that_resumes_exactly(testkit, tmp_path, stop_step)
     assert records[-1]["train_loss"] == pytest.approx(full.metrics[-1]["train_loss"], rel=1e-6)
 
 
+def test_ctrl_c_mid_epoch_resumes_exactly_with_augmentation_and_loader_workers(testkit, tmp_path):
+    # each image's random shift/rotation is seeded by (seed, epoch, index): neither the worker that loads it nor the
+    # batch Accelerate's loader fetched ahead of the checkpoint changes it (both did before)
+    reg, setting = ["probe:weight=0.01"], {"epochs": 3, "workers": 2, "augment": "shift-rotate"}
+    full = train(tiny(tmp_path, "full", reg=reg, **setting))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, "cut", reg=["probe:weight=0.01,interrupt_at_step=20"], **setting))
+    resumed = train(tiny(tmp_path, "cut", reg=reg, resume=str(tmp_path / "cut"), **setting))
+    assert weights_sha256(resumed.model) == weights_sha256(full.model)
+    single = train(tiny(tmp_path, "single", reg=reg, **{**setting, "workers": 0}))
+    assert weights_sha256(single.model) == weights_sha256(full.model)  # the same images with no worker
+
+
 def test_head_hooks_run_once_before_and_after_every_step(testkit, tmp_path):
     result = train(tiny(tmp_path, epochs=2))
     assert result.model.head.init_count.item() == 1
