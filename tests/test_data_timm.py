@@ -73,6 +73,21 @@ def test_options_reach_timms_transform(folder):
     assert "Random" not in repr(load_split(str(folder), "train", img_size=24, augment="none").transform)
 
 
+def test_timms_random_transforms_are_seeded_per_item_in_training(folder):
+    from torch.utils.data import DataLoader
+
+    from robustproto.data import EpochShuffleSampler, SeededItems
+
+    data = SeededItems(load_split(str(folder), "train", img_size=24, aa="rand-m9-mstd0.5", reprob=0.5), seed=0)
+    assert not torch.equal(data.data[3][0], data.data[3][0])  # RandAugment, random crops and erasing: random
+    sampler = EpochShuffleSampler(len(data), seed=0)
+    sampler.set_epoch(1)
+    batches = [torch.cat([x for x, _ in DataLoader(data, batch_size=4, sampler=sampler, num_workers=workers)])
+               for workers in (0, 2)]
+    assert torch.equal(*batches)  # the same images whichever process loads them
+    assert torch.equal(batches[0][:1], data[next(iter(sampler))][0][None])
+
+
 def test_folder_larger_than_the_decode_budget_streams_through_training(tmp_path, monkeypatch):
     """64 images of 64×64 against a budget of 18 decoded images (2 batches of 8 and the dry run's 2) at the first
     step: the images are decoded batch by batch as training goes. The in-memory imagefolder path decodes all 64 up
