@@ -1,7 +1,7 @@
 """Throughput of robustproto's two data paths on the same images: in memory (built-in names) vs timm's streamed one.
 
 Both sides feed the same model the same batches' worth of images: one epoch of a DataLoader over the training
-split (EpochShuffleSampler, as `robustproto train` builds it) with a plain training step (flatten + linear head,
+split (EpochShuffleSampler and SeededItems, as `robustproto train` builds it) with a plain training step (flatten + linear head,
 cross-entropy, Adam), so the difference is the data path. The in-memory side is a built-in name (`mnist`, or
 `imagefolder`: decoded into memory before the epoch, load time printed apart); the timm side is the matching timm
 spec (`torch/mnist`, or the folder's path: decoded and transformed per item by timm's evaluation transform, no
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import robustproto
-from robustproto.data import EpochShuffleSampler, load_split
+from robustproto.data import EpochShuffleSampler, SeededItems, load_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -35,7 +35,8 @@ def images_per_second(data, batch_size: int, workers: int) -> float:
     model = robustproto.wrap("flatten", head="linear", num_classes=data.num_classes, in_chans=data.in_chans,
                              img_size=data.img_size[0])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(data, batch_size=batch_size, sampler=EpochShuffleSampler(len(data), 0), num_workers=workers)
+    loader = DataLoader(SeededItems(data, 0), batch_size=batch_size, sampler=EpochShuffleSampler(len(data), 0),
+                        num_workers=workers)
     start, seen = time.perf_counter(), 0
     for x, y in loader:
         loss = torch.nn.functional.cross_entropy(model(x), y)

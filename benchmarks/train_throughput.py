@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import robustproto
 from robustproto.config import resolve_config
-from robustproto.data import EpochShuffleSampler, load_split
+from robustproto.data import EpochShuffleSampler, SeededItems, load_split
 
 
 def plain_timm_loop(backbone: str, data, batch_size: int, lr: float, seed: int) -> float:
@@ -36,7 +36,7 @@ def plain_timm_loop(backbone: str, data, batch_size: int, lr: float, seed: int) 
     model = timm.create_model(backbone, num_classes=data.num_classes, in_chans=data.in_chans)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    loader = DataLoader(data, batch_size=batch_size, sampler=EpochShuffleSampler(len(data), seed))
+    loader = DataLoader(SeededItems(data, seed), batch_size=batch_size, sampler=EpochShuffleSampler(len(data), seed))
     seen = 0
     started = time.perf_counter()
     for x, y in loader:
