@@ -734,10 +734,11 @@ def khalid_cpu_section(folder: Path, data: str) -> list[str]:
         attacks = _read_report(folder / f"{run['run']}.attacks.json")
         if attacks:
             eps_points.append((attacks["results"][0]["eps"], attacks["n_samples"]))
-    eps, points = eps_points[0] if eps_points else (0.1, 0)
+    eps, points = eps_points[0] if eps_points else (KHALID_EPS[data][0], None)
+    strong = "not run yet" if points is None else \
+        f"{points} of them (robust accuracy over all of them, misclassified points count as broken)"
     lines += ["", f"Robustness at L∞ ε = {eps:g} (pixel units). Clean and FGSM: 1000 test images; margin PGD-40, "
-              f"Square (5000 queries) and the standard AutoAttack: {points} of them (robust accuracy over all of "
-              "them, misclassified points count as broken).", "",
+              f"Square (5000 queries) and the standard AutoAttack: {strong}.", "",
               "| run | clean | CE-FGSM | margin FGSM | clean (subset) | margin PGD-40 | Square | AutoAttack | "
               "Square − AutoAttack |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
