@@ -28,8 +28,8 @@ For each run it writes to ``--results`` (``benchmarks/results/khalid_<data>_cpu`
 - ``NAME.attacks.json``: ``robustproto eval`` with margin PGD-40, Square (5000 queries) and the standard AutoAttack
   at L∞ ``--eps`` (MNIST 0.1, CIFAR-10 0.01) on ``--attack-points`` (200) test points.
 
-Finished steps are skipped (a trained run, an existing report), so the script can be rerun or split with ``--only``
-across processes. ``benchmarks/reproduce.py`` renders the results into REPRODUCTION.md.
+Finished steps are skipped (a trained run, an existing analysis or report), so the script can be rerun or split
+with ``--only`` across processes. ``benchmarks/reproduce.py`` renders the results into REPRODUCTION.md.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import torch
 import robustproto
 from robustproto.certify import local_gains
 from robustproto.show import run_data
+from robustproto_plugins.regularizers.lipschitz import squared_prototype_separation
 
 ROOT = Path(__file__).resolve().parent.parent
 FOUR = ("linear", "glvq", "linear-lipschitz", "glvq-lipschitz")
@@ -93,15 +94,12 @@ def jacobian_measures(model: robustproto.ProtoModel, x: torch.Tensor, sigma: flo
 
 
 def prototype_gap_sq(model: robustproto.ProtoModel) -> float | None:
-    """δ², the smallest squared distance between prototypes of different classes (None: no prototypes)."""
-    prototypes = getattr(model.head, "prototypes", None)
-    if prototypes is None:
+    """δ², the smallest squared distance between prototypes of different classes, as the ``lipschitz`` regularizer's
+    ``scale='prototypes'`` measures it (None: the head has no prototypes)."""
+    if getattr(model.head, "prototypes", None) is None:
         return None
-    labels = getattr(model.head, "prototype_labels", None)
-    labels = torch.arange(len(prototypes)) if labels is None else labels
-    gaps = torch.cdist(prototypes.detach().float(), prototypes.detach().float()).pow(2)
-    gaps.masked_fill_(labels[:, None] == labels[None, :], float("inf"))
-    return float(gaps.min())
+    with torch.no_grad():
+        return float(squared_prototype_separation(model.head))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,25 +131,28 @@ def main(argv: list[str] | None = None) -> int:
     data = ["--data-dir", data_dir, *(["--dataset", args.dataset] if args.dataset else [])]
     for name in names:
         recipe, run = f"recipes/khalid-{args.data}-{name}.toml", runs / name
+        # the CLI runs in ROOT: a run under it is named relative to it, so reports name no folder of this machine
+        run_arg = str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run)
         if len(epochs_done(run)) < epochs:
             run_cli("train", "--config", recipe, *data, "--max-test-samples", "1000", "--epochs", str(epochs),
                     *(["--max-train-samples", str(train_samples)] if train_samples else []),
-                    *(["--resume", str(run)] if (run / "state").exists() else ["--output", str(run)]))
-        model = robustproto.load(run)
-        test = run_data(run, "test", args.dataset, data_dir, args.points)  # at the run's image size
-        x = torch.stack([test[i][0] for i in range(len(test))])
-        analysis = {"run": name, "recipe": recipe, "train_samples": train_samples,
-                    "reg": json.loads((run / "config.json").read_text())["reg"],
-                    "epochs": [{"epoch": e["epoch"], "test_acc": e["test_acc"], "train_acc": e["train_acc"],
-                                "violations": e.get("reg/lipschitz/violations")} for e in epochs_done(run)],
-                    "after_training": jacobian_measures(model, x, setting["sigma"]),
-                    "prototype_gap_sq": prototype_gap_sq(model)}
-        (results / f"{name}.analysis.json").write_text(json.dumps(analysis, indent=1) + "\n")
+                    *(["--resume", run_arg] if (run / "state").exists() else ["--output", run_arg]))
+        if not (results / f"{name}.analysis.json").is_file():
+            model = robustproto.load(run)
+            test = run_data(run, "test", args.dataset, data_dir, args.points)  # at the run's image size
+            x = torch.stack([test[i][0] for i in range(len(test))])
+            analysis = {"run": name, "recipe": recipe, "train_samples": train_samples,
+                        "reg": json.loads((run / "config.json").read_text())["reg"],
+                        "epochs": [{"epoch": e["epoch"], "test_acc": e["test_acc"], "train_acc": e["train_acc"],
+                                    "violations": e.get("reg/lipschitz/violations")} for e in epochs_done(run)],
+                        "after_training": jacobian_measures(model, x, setting["sigma"]),
+                        "prototype_gap_sq": prototype_gap_sq(model)}
+            (results / f"{name}.analysis.json").write_text(json.dumps(analysis, indent=1) + "\n")
         if not (results / f"{name}.fgsm.json").is_file():
-            run_cli("eval", "--config", recipe, "--model", str(run), *data, "--n-samples", "1000",
+            run_cli("eval", "--config", recipe, "--model", run_arg, *data, "--n-samples", "1000",
                     "--report", str(results / f"{name}.fgsm.json"))
         if not (results / f"{name}.attacks.json").is_file():
-            run_cli("eval", "--config", recipe, "--model", str(run), *data, "--n-samples", str(args.attack_points),
+            run_cli("eval", "--config", recipe, "--model", run_arg, *data, "--n-samples", str(args.attack_points),
                     "--eps", args.eps or setting["eps"], "--attack", "pgd-40@margin", "--attack", "square",
                     "--attack", "autoattack", "--report", str(results / f"{name}.attacks.json"))
     return 0
