@@ -729,21 +729,18 @@ def khalid_cpu_section(folder: Path, data: str) -> list[str]:
             f"{measured['D_over_d']:.3g} | {measured['frobenius_sq_per_pixel']:.3g} | {measured['spectral_sq']:.3g} | "
             f"{measured['spectral_sq'] / measured['frobenius_sq_per_pixel']:.0f} | "
             f"{relative} |")
-    eps_points = []
-    for run in runs:
-        attacks = _read_report(folder / f"{run['run']}.attacks.json")
-        if attacks:
-            eps_points.append((attacks["results"][0]["eps"], attacks["n_samples"]))
-    eps, points = eps_points[0] if eps_points else (KHALID_EPS[data][0], None)
-    strong = "not run yet" if points is None else \
-        f"{points} of them (robust accuracy over all of them, misclassified points count as broken)"
+    reports = {run["run"]: [_read_report(folder / f"{run['run']}.{kind}.json") for kind in ("fgsm", "attacks")]
+               for run in runs}
+    first = next((strong for _, strong in reports.values() if strong), None)
+    eps = first["results"][0]["eps"] if first else KHALID_EPS[data][0]
+    points = "not run yet" if first is None else \
+        f"{first['n_samples']} of them (robust accuracy over all of them, misclassified points count as broken)"
     lines += ["", f"Robustness at L∞ ε = {eps:g} (pixel units). Clean and FGSM: 1000 test images; margin PGD-40, "
-              f"Square (5000 queries) and the standard AutoAttack: {strong}.", "",
+              f"Square (5000 queries) and the standard AutoAttack: {points}.", "",
               "| run | clean | CE-FGSM | margin FGSM | clean (subset) | margin PGD-40 | Square | AutoAttack | "
               "Square − AutoAttack |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
-        fgsm = _read_report(folder / f"{run['run']}.fgsm.json")
-        strong = _read_report(folder / f"{run['run']}.attacks.json")
+        fgsm, strong = reports[run["run"]]
         acc = {a: _robust_accuracy(strong, a, eps) for a in ("pgd-40@margin", "square", "autoattack")}
         gap = None if None in (acc["square"], acc["autoattack"]) else acc["square"] - acc["autoattack"]
         lines.append(f"| {run['run']} | {_fmt((fgsm or {}).get('clean_accuracy'), True)} | "
