@@ -292,6 +292,18 @@ def _given(cli: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cli.items() if v is not None and not (isinstance(v, (list, tuple)) and not v)}
 
 
+DEVICE_HELP = "Where the model runs: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."
+
+
+def _check_device(obj: Any) -> None:
+    """``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether that GPU exists is checked where it is used)."""
+    name = obj.device.strip().lower()
+    kind, _, index = name.partition(":")
+    if not (name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())):
+        raise UsageError(f"device: '{obj.device}' is not one of auto, cpu, cuda, cuda:N")
+    object.__setattr__(obj, "device", name)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """What ``robustproto eval`` runs: attacks and budgets per norm, thresholds, options. Built by
@@ -314,9 +326,11 @@ class EvalConfig:
     protocol: str = _field("none", "none, or robustbench: RobustBench's rules (CIFAR-10, first 10,000 test points, "
                                    "standard AutoAttack at Linf 8/255 or L2 0.5) in place of the attacks, budgets "
                                    "and subset above; also writes RobustBench's model_info JSON (--claim).")
+    device: str = _field("auto", DEVICE_HELP)
 
     def __post_init__(self) -> None:
         _convert_fields(self)
+        _check_device(self)
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"protocol: '{self.protocol}' is not one of {', '.join(PROTOCOLS)}")
         object.__setattr__(self, "norm", normalize_norm(self.norm))
@@ -382,7 +396,8 @@ class EvalConfig:
             options.setdefault(str(name).strip(), {}).update(parse_options(spec, f"attack_opt {name}"))
         return cls(attacks, eps, norm, thresholds, options, pick("n_samples"),
                    pick("batch_size", _FIELD_DEFAULTS["batch_size"]),
-                   pick("bisection_steps", _FIELD_DEFAULTS["bisection_steps"]), protocol)
+                   pick("bisection_steps", _FIELD_DEFAULTS["bisection_steps"]), protocol,
+                   pick("device", _FIELD_DEFAULTS["device"]))
 
 
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
@@ -399,9 +414,11 @@ class CertifyConfig:
     batch_size: int = _field(256, "Images per batch.")
     tightness_samples: int = _field(256, "Compare the Lipschitz bound with the largest local gain of the embedding "
                                          "on the first N points (0: off).")
+    device: str = _field("auto", DEVICE_HELP)
 
     def __post_init__(self) -> None:
         _convert_fields(self)
+        _check_device(self)
         object.__setattr__(self, "norm", normalize_norm(self.norm))
         if self.norm != "L2":
             raise UsageError(f"norm: {self.norm} is not certified (the certificates are L2 radii); pass --norm L2")

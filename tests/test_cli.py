@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import robustproto
@@ -221,6 +222,24 @@ def test_eval_and_certify_read_their_tables_of_the_recipe(trained_run, tmp_path,
         assert result.exit_code == 0, result.output
         cert = json.loads(report.read_text())
         assert len(cert["radii"]) == 8 and set(cert["certified_accuracy"]) == radii
+
+
+@pytest.mark.parametrize("command", ["eval", "certify"])
+def test_eval_and_certify_run_the_model_on_the_device_given(trained_run, tmp_path, monkeypatch, capsys, command):
+    seen = []
+    original = robustproto.load
+    monkeypatch.setattr(robustproto, "load", lambda run, device="cpu": seen.append(str(device)) or original(run, device))
+    flags = ["--attack", "fgsm", "--eps", "0.1"] if command == "eval" else []
+    base = [command, "--model", str(trained_run), "--n-samples", "4", "--report", str(tmp_path / "r.json"), *flags]
+    assert runner.invoke(app, base).exit_code == 0
+    assert runner.invoke(app, [*base, "--device", "cpu"]).exit_code == 0
+    assert seen == ["cuda" if torch.cuda.is_available() else "cpu", "cpu"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    code, err = _main([*base, "--device", "cuda:1"], monkeypatch, capsys)
+    assert code == 2 and err.splitlines()[-1] == ("error: device: cuda:1 is not available here (0 CUDA GPUs); pass "
+                                                  "--device auto or --device cpu")
+    code, err = _main([*base, "--device", "gpu"], monkeypatch, capsys)
+    assert code == 2 and err.splitlines()[-1] == "error: device: 'gpu' is not one of auto, cpu, cuda, cuda:N"
 
 
 # ------------------------------------------------------------------ one error base: bugs keep their traceback
