@@ -132,6 +132,28 @@ def test_an_items_augmentation_depends_only_on_seed_epoch_and_index():
     assert len(data) == 20 and torch.equal(data[(2, 7)][1], data.data[7][1])
 
 
+def test_seeded_items_seed_only_the_rngs_the_augmentation_draws_from(monkeypatch):
+    """Seeding torch's generators through ``torch.manual_seed`` also reseeds every CUDA generator (the training step's
+    random starts on a GPU) and cost 0.26 ms an item; saving NumPy's state another 0.12 ms. A torch-only augmentation
+    needs neither, un-augmented data nothing at all."""
+    import numpy as np
+
+    from robustproto.data import SeededItems
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("not needed here")
+
+    plain = load_split("mnist-small", "train", max_samples=20)
+    augmented = load_split("mnist-small", "train", max_samples=20, augment="shift-rotate")
+    image = SeededItems(augmented, seed=0)[(2, 7)][0]
+    monkeypatch.setattr(torch, "manual_seed", forbidden)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", forbidden)
+    monkeypatch.setattr(np.random, "get_state", forbidden)
+    assert torch.equal(SeededItems(augmented, seed=0)[(2, 7)][0], image)  # the same image as before, more cheaply
+    monkeypatch.setattr(torch.random, "fork_rng", forbidden)
+    assert torch.equal(SeededItems(plain, seed=0)[(2, 7)][0], plain[7][0])  # nothing random: nothing seeded
+
+
 def test_augment_option_selects_the_augmentation():
     from robustproto.data import ShiftRotate
 
