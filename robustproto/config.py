@@ -43,7 +43,7 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming",
 AUGMENTATIONS = ("auto", "none", "crop-flip", "shift-rotate")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CLIP_MODES = ("norm", "value")
-# timm schedulers that are a function of the epoch alone (resume rebuilds them and steps to the epoch)
+# timm schedulers that are a function of the epoch (or update) alone: resume rebuilds them and steps them there
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
 # Accelerate's experiment trackers robustproto documents and tests; "all" is every one of them installed
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "trackio")
@@ -131,8 +131,14 @@ class TrainConfig:
     optimizer: str = _field("adam", "timm optimizer name.")
     lr: float = _field(1e-3, "Learning rate (reached after the warm-up).")
     weight_decay: float = _field(0.0, "Weight decay.")
-    sched: str = _field("cosine", f"timm scheduler, per epoch: {', '.join(SCHEDULERS)}.")
+    sched: str = _field("cosine", f"timm scheduler: {', '.join(SCHEDULERS)}.")
+    sched_on_updates: bool = _field(False, "Step the schedule after every optimizer update instead of every epoch.")
+    decay_rate: float = _field(0.1, "timm's decay_rate: the factor of step and multistep, the power of poly.")
+    min_lr: float = _field(0.0, "Learning rate the schedule decays to.")
     warmup_epochs: int = _field(0, "Epochs of linear learning-rate warm-up.")
+    warmup_lr: float | None = _field(None, "Learning rate the warm-up starts from.", none="lr / 100")
+    warmup_prefix: bool = _field(False, "Decay over the epochs after the warm-up (else the warm-up replaces the "
+                                        "first epochs of the decay).")
     freeze_backbone_epochs: int = _field(0, "Train only neck and head for the first N epochs.")
     init_samples: int = _field(2048, "Training samples init_from_data sees.")
     mixed_precision: str = _field("no", f"{', '.join(MIXED_PRECISION)}.")
@@ -234,6 +240,16 @@ def _check_train(cfg: TrainConfig) -> None:
                          "ends before the learning rate reaches lr; pass --warmup-epochs below --epochs")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UsageError(f"lr: must be a positive finite number, got {cfg.lr}")
+    if cfg.sched == "none":
+        for key in ("sched_on_updates", "warmup_prefix"):
+            if getattr(cfg, key):
+                raise UsageError(f"{key}: sched 'none' has no schedule; pass --sched (e.g. poly) or leave it off")
+    if not (math.isfinite(cfg.decay_rate) and cfg.decay_rate > 0):
+        raise UsageError(f"decay_rate: must be a positive finite number, got {cfg.decay_rate}")
+    for key in ("min_lr", "warmup_lr"):
+        value = getattr(cfg, key)
+        if value is not None and not (math.isfinite(value) and 0 <= value <= cfg.lr):
+            raise UsageError(f"{key}: must be in [0, lr = {cfg.lr:g}], got {value}")
     if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
         raise UsageError(f"weight_decay: must be a finite number ≥ 0, got {cfg.weight_decay}")
     if cfg.clip_grad is not None and not (math.isfinite(cfg.clip_grad) and cfg.clip_grad > 0):

@@ -119,7 +119,7 @@ def _epoch(run: PreparedRun, cfg: TrainConfig, accelerator, epoch: int, stop: _S
                              epoch=epoch, global_step=run.global_step, resume_at=run.resume_at, sums=run.partial,
                              freeze_backbone=epoch < cfg.freeze_backbone_epochs, should_stop=lambda: stop.set,
                              on_step=show, last_good=last_good, clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode,
-                             ema=run.ema, mixup=run.mixup)
+                             ema=run.ema, mixup=run.mixup, scheduler=run.scheduler)
     bar.remove_task(task)
     run.global_step, run.resume_at, run.partial = result.global_step, 0, None
     return result

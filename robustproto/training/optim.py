@@ -1,4 +1,4 @@
-"""timm's optimizer and epoch scheduler for a run, refused before the first step when the config cannot work.
+"""timm's optimizer and learning-rate scheduler for a run, refused before the first step when the config cannot work.
 
 An optimizer is first run for a few steps on a throwaway weight with the run's lr and weight decay (the probe),
 so a value it cannot work with (an lr whose update overflows float32, an optimizer the loop cannot drive) is a
@@ -19,21 +19,27 @@ __all__ = ["create_optimizer", "create_scheduler"]
 _PROBE_STEPS = 5
 
 
-def create_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
-    """timm's epoch scheduler ``cfg.sched`` over ``optimizer``, stepped to epoch 0; ``None`` for ``"none"``.
+def create_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int):
+    """timm's scheduler ``cfg.sched`` over ``optimizer``, stepped to epoch (and update) 0; ``None`` for ``"none"``.
 
-    The schedule is a function of the epoch: a resumed run builds it again and steps it to the epoch it resumes.
-    A schedule timm cannot build or compute for ``cfg.epochs``/``cfg.warmup_epochs`` is a
-    :class:`~robustproto.errors.UsageError` naming ``sched``.
+    It spans the run's ``cfg.epochs`` whether or not the warm-up is a prefix (timm adds a prefix warm-up to its
+    ``num_epochs``), and with ``cfg.sched_on_updates`` it is counted in optimizer updates, ``updates_per_epoch`` to
+    an epoch (the loop calls ``step_update`` after each); otherwise in epochs. Either way it is a function of the
+    count alone: a resumed run builds it again and steps it to where it resumes. A schedule timm cannot build or
+    compute for these settings is a :class:`~robustproto.errors.UsageError` naming ``sched``.
     """
     if cfg.sched == "none":
         return None
     from timm.scheduler import create_scheduler_v2
 
     try:
-        scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
-                                           warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01)
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=cfg.sched, num_epochs=cfg.epochs - (cfg.warmup_epochs if cfg.warmup_prefix else 0),
+            decay_rate=cfg.decay_rate, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs,
+            warmup_lr=cfg.lr * 0.01 if cfg.warmup_lr is None else cfg.warmup_lr, warmup_prefix=cfg.warmup_prefix,
+            step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=updates_per_epoch)
         scheduler.step(0)
+        scheduler.step_update(0)
     except (ArithmeticError, AssertionError, ValueError) as exc:
         raise UsageError(f"sched: timm's '{cfg.sched}' schedule fails for these epochs/warmup_epochs "
                          f"({describe_error(exc)}); pass smaller --epochs/--warmup-epochs or another --sched") from exc

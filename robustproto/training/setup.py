@@ -8,6 +8,7 @@ cannot work with the config's values, a ``--resume`` folder without a saved stat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,13 +294,15 @@ def prepare_run(cfg: TrainConfig, accelerator) -> PreparedRun:
         ema.to(accelerator.device)
         ema.module.load_state_dict(model.state_dict())  # the EMA starts at the initialised weights
     optimizer = create_optimizer(cfg, model)
-    scheduler = create_scheduler(cfg, optimizer)
     train_loader = DataLoader(SeededItems(train_data, cfg.seed), batch_size=cfg.batch_size,
                               sampler=EpochShuffleSampler(len(train_data), cfg.seed), num_workers=cfg.workers,
                               drop_last=False, persistent_workers=cfg.workers > 0)
     test_loader = DataLoader(test_data, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.workers)
+    scheduler_optimizer = optimizer  # timm's scheduler sets the learning rates of the optimizer itself
     step_module, optimizer, train_loader, test_loader = accelerator.prepare(
         TrainStep(model, cfg.channels_last), optimizer, train_loader, test_loader)
+    # a process's updates in an epoch: its batches, one update per grad_accum_steps and one at the epoch's end
+    scheduler = create_scheduler(cfg, scheduler_optimizer, math.ceil(len(train_loader) / cfg.grad_accum_steps))
     if regs or ema is not None:
         accelerator.register_for_checkpointing(*regs.values(), *([ema] if ema is not None else []))
     # Models and plugin state were built from the same seed everywhere; from here on each process draws its own
@@ -309,8 +312,9 @@ def prepare_run(cfg: TrainConfig, accelerator) -> PreparedRun:
                       train_loader, test_loader, ema=ema, mixup=mixup)
     if cfg.resume:
         _resume(run, cfg, accelerator)
-    if scheduler is not None:
-        scheduler.step(run.start_epoch)  # timm schedulers are functions of the epoch: rebuilt, then moved to it
+    if scheduler is not None:  # timm schedulers are functions of the epoch or update: rebuilt, then moved there
+        scheduler.step(run.start_epoch)
+        scheduler.step_update(run.global_step)
     if accelerator.is_main_process:
         run.out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(run.out / checkpoint.CONFIG_FILE, cfg.to_dict())

@@ -20,6 +20,7 @@ from ..regularizer import BatchContext, Regularizer, StepContext
 
 if TYPE_CHECKING:
     from timm.data import Mixup
+    from timm.scheduler.scheduler import Scheduler
     from timm.utils import ModelEmaV3
 
     from ..model import ProtoModel
@@ -204,7 +205,8 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
                     should_stop: Callable[[], bool] | None = None,
                     on_step: Callable[[dict[str, float], float], None] | None = None,
                     last_good: str | None = None, clip_grad: float | None = None, clip_mode: str = "norm",
-                    ema: "ModelEmaV3 | None" = None, mixup: "Mixup | None" = None) -> EpochResult:
+                    ema: "ModelEmaV3 | None" = None, mixup: "Mixup | None" = None,
+                    scheduler: "Scheduler | None" = None) -> EpochResult:
     """Train ``model`` over one epoch of ``loader``, step by step, as ``robustproto train`` does.
 
     Every process of a run calls it with its own shard of the data. Per batch: the batch mixed (``mixup``, see
@@ -213,7 +215,8 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
     ``accelerator.accumulate`` (with the accelerator's ``gradient_accumulation_steps`` N > 1 the gradients of N
     batches add up, each loss divided by N, and only every N-th batch, and the last of a loader Accelerate
     prepared, is an optimizer step). On an optimizer step: clipping (``clip_grad``), ``optimizer.step()``, ``head.after_step()`` under
-    ``torch.no_grad`` when the head ``supports_after_step``, the EMA's update, then the gradients are cleared.
+    ``torch.no_grad`` when the head ``supports_after_step``, the EMA's update, the scheduler's ``step_update``,
+    then the gradients are cleared.
 
     Args:
         step_module, model, regs: as for :func:`compute_losses`; ``step_module`` is put in training mode.
@@ -236,6 +239,8 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
             its fixed decay, or timm's warm-up decay of the global step when its ``use_warmup`` is set.
         mixup: timm's ``Mixup``: the head's loss is on the mixed images and their soft targets; the running
             ``correct`` count compares the predictions on the mixed images with the batch's own labels.
+        scheduler: timm's scheduler; ``step_update(global_step)`` after each optimizer step moves a schedule
+            counted in updates (``sched_on_updates``) and leaves one counted in epochs as it is.
 
     Raises :class:`~robustproto.errors.NonFiniteLossError` (before any weight is changed by that step) naming
     the step, the non-finite terms and ``last_good``.
@@ -296,6 +301,8 @@ def train_one_epoch(step_module: nn.Module, model: "ProtoModel", regs: dict[str,
             if ema is not None:
                 # without warm-up a constant decay from the first step: decay 1 keeps the initial weights exactly
                 ema.update(model, step=global_step if ema.use_warmup else None)
+            if scheduler is not None:
+                scheduler.step_update(num_updates=global_step)  # a no-op for a schedule counted in epochs
         batches_done += 1
         sums["loss"] += float(terms[0]) * len(y)
         sums["correct"] += float((losses.scores.detach().argmax(1) == y).sum())

@@ -81,6 +81,18 @@ def test_ctrl_c_mid_epoch_resumes_exactly_with_augmentation_and_loader_workers(t
     assert weights_sha256(single.model) == weights_sha256(full.model)  # the same images with no worker
 
 
+def test_ctrl_c_mid_epoch_resumes_a_schedule_counted_in_updates_exactly(testkit, tmp_path):
+    reg, setting = ["probe:weight=0.01"], {"epochs": 3, "sched": "poly", "decay_rate": 1.0, "warmup_epochs": 1,
+                                           "warmup_prefix": True, "sched_on_updates": True}
+    full = train(tiny(tmp_path, "full", reg=reg, **setting))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, "cut", reg=["probe:weight=0.01,interrupt_at_step=20"], **setting))
+    resumed = train(tiny(tmp_path, "cut", reg=reg, resume=str(tmp_path / "cut"), **setting))
+    assert weights_sha256(resumed.model) == weights_sha256(full.model)
+    # per update: after epoch 1 (16 updates, all warm-up) the peak, then down to 0 over the 32 updates after it
+    assert [r["lr"] for r in full.metrics] == pytest.approx([0.01, 0.005, 0.0], abs=1e-12)
+
+
 def test_head_hooks_run_once_before_and_after_every_step(testkit, tmp_path):
     result = train(tiny(tmp_path, epochs=2))
     assert result.model.head.init_count.item() == 1
