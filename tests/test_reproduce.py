@@ -196,3 +196,18 @@ def test_khalid_cpu_section_reports_violations_per_epoch_and_every_attack(reprod
     assert penalty.endswith("| 0.1 |") and linear_penalty.endswith("| — |")  # D/δ²: GLVQ only
     assert "69.5 %" in robustness and "71.0 %" in robustness and "68.0 %" in robustness and "+3.0 points" in robustness
     assert "200 of them" in "\n".join(lines)
+
+
+def test_gpu_section_reads_each_checks_measure_from_its_report(reproduce, tmp_path):
+    (tmp_path / "gpu_checks.log").write_text("NVIDIA H200, 580, 143771 MiB\ntorch 2.11 | timm 1.0\n")
+    (tmp_path / "gloro.metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (tmp_path / "gloro.certify.json").write_text(
+        '{"n_samples": 10, "clean_accuracy": 0.9, "certified_accuracy": {"0.3": 0.8, "1": 0.5, "1.58": 0.25}}')
+    (tmp_path / "wong.autoattack.json").write_text(
+        '{"n_samples": 20, "clean_accuracy": 0.75, "results": [{"attack": "autoattack", "norm": "Linf", '
+        '"eps": 0.03137254901960784, "robust_accuracy": 0.4}]}')
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in reproduce.gpu_section(tmp_path) if "|" in line}
+    assert rows["gloro"].endswith("| 2 of 500 | 10 | 90.0 % | certified at L2 1.58 | 62.8 % | 25.0 % |")
+    assert rows["wong"].endswith("| 0 of 15 | 20 | 75.0 % | AutoAttack (standard) | 43.2 % | 40.0 % |")
+    assert rows["glorc"].endswith("| 0 of 40 | — | — | certified at L2 36/255 | 58.0 % | — |")  # not run
+    assert reproduce.gpu_section(tmp_path / "absent") == []
