@@ -40,10 +40,10 @@ say() { echo "[$(( $(date +%s) - START )) s] $*"; }
 until_() { local s=$1; shift; (( s > 5 )) || { say "skipped (no time left): $*"; return 124; }
            timeout -s INT --kill-after=60 "$s" "$@"; }
 # ATTACKS one report each: attacks RUN REPORT_PREFIX ATTACK... -- EVAL_FLAGS...
-attacks() { local run=$1 prefix=$2 attack; shift 2; local names=(); while [[ $1 != -- ]]; do names+=("$1"); shift; done
-            shift; for attack in "${names[@]}"; do
+attacks() { local run=$1 prefix=$2 attack rc; shift 2; local names=(); while [[ $1 != -- ]]; do names+=("$1"); shift
+            done; shift; for attack in "${names[@]}"; do
                 until_ "$(left 15)" $RP eval --model "$run" --attack "$attack" --report "$prefix.$attack.json" "$@"
-                say "$(basename "$prefix"): $attack ended ($?)"; done; }
+                rc=$?; say "${prefix##*/}: $attack ended ($rc)"; done; }
 # adversarial training of kp_cnn_mnist: mnist_lane NAME:HEAD:REG ...
 mnist_lane() { local item name head reg eps; for item in "$@"; do
                    IFS=: read -r name head reg <<< "$item"; eps=${reg#*eps=}; eps=${eps%%,*}
