@@ -21,7 +21,7 @@ import torch
 import robustproto
 from robustproto import registry
 from robustproto.config import resolve_config
-from robustproto.registry import PluginError, PluginRegistry, backbone_registry, check_head, head_registry
+from robustproto.registry import PluginError, PluginRegistry, check_head, head_registry
 
 # The README's "Writing a plugin" example, as written before heads had capability flags.
 README_HEAD = '''
