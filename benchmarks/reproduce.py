@@ -277,11 +277,11 @@ def run_experiment(path: Path, scale: str, data_dir: Path, runs: Path) -> Outcom
 def evaluate_run(cfg: robustproto.TrainConfig, table: dict[str, Any]) -> tuple[dict, dict | None]:
     """A recipe's ``[eval]`` table run through the Python API, as ``robustproto eval``/``certify --config`` run it:
     (eval report, certificate or None)."""
-    from robustproto.config import CertifyConfig, EvalConfig
+    from robustproto.config import CertifyConfig, EvalConfig, resolve_device
     from robustproto.show import run_data
 
-    model = robustproto.load(cfg.output)
     settings = EvalConfig.resolve(table)
+    model = robustproto.load(cfg.output, resolve_device(settings.device))
     data = run_data(cfg.output, "test", max_samples=settings.n_samples)
     report = robustproto.evaluate(model, data, attacks=dict(settings.attacks), eps=dict(settings.eps),
                                   batch_size=settings.batch_size, attack_options=settings.attack_options,

@@ -31,7 +31,7 @@ from rich.table import Table
 
 import robustproto
 
-from .config import CertifyConfig, EvalConfig, Recipe, TrainConfig, key_of, load_recipe
+from .config import CertifyConfig, EvalConfig, Recipe, TrainConfig, key_of, load_recipe, resolve_device
 from .errors import MissingFileError, RobustProtoError, UsageError
 
 app = typer.Typer(
@@ -165,19 +165,6 @@ def _run_folder(model: str | None, recipe: Recipe) -> str:
                      "output")
 
 
-def _device(name: str) -> Any:
-    """The torch device ``--device`` names (``auto``: the first CUDA GPU when there is one, else the CPU)."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"device: {name} is not available here ({torch.cuda.device_count()} CUDA GPUs); "
-                         "pass --device auto or --device cpu")
-    return device
-
-
 MODEL_HELP = "Run folder of `robustproto train`; without it, the --config recipe's output."
 DATASET_HELP = "Test data; without it, the run's own."
 DATA_DIR_HELP = "Folder that holds it; without it, the run's own."
@@ -220,13 +207,13 @@ def eval_command(
                                          data_dir if data_dir is not None else trained.get("data_dir"),
                                          trained.get("img_size"))
         result, info = protocol.evaluate_robustbench(
-            robustproto.load(run, _device(settings.device)), data, norm=settings.norm, batch_size=settings.batch_size, model_name=run,
+            robustproto.load(run, resolve_device(settings.device)), data, norm=settings.norm, batch_size=settings.batch_size, model_name=run,
             dataset_name=data.name, plot=plot, save_examples=save_examples, log=typer.echo)
         robustproto.write_report(info, claim)
     else:
         data = run_data(run, "test", dataset, data_dir, settings.n_samples)
         result = robustproto.evaluate(
-            robustproto.load(run, _device(settings.device)), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
+            robustproto.load(run, resolve_device(settings.device)), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
             batch_size=settings.batch_size, attack_options=settings.attack_options, thresholds=settings.thresholds,
             bisection_steps=settings.bisection_steps, model_name=run, dataset_name=data.name, plot=plot,
             save_examples=save_examples, log=typer.echo)
@@ -258,7 +245,7 @@ def certify_command(
     run = _run_folder(model, recipe)
     _writable(report, "report")
     data = run_data(run, "test", dataset, data_dir, settings.n_samples)
-    result = robustproto.certify(robustproto.load(run, _device(settings.device)), data, norm=settings.norm, radii=settings.radii,
+    result = robustproto.certify(robustproto.load(run, resolve_device(settings.device)), data, norm=settings.norm, radii=settings.radii,
                                  batch_size=settings.batch_size, tightness_samples=settings.tightness_samples,
                                  model_name=run, dataset_name=data.name)
     robustproto.write_report(result, report)

@@ -32,7 +32,7 @@ from .recipe import (NORMS, convert, format_reg, freeze_table, normalize_norm, p
 
 __all__ = ["CertifyConfig", "DEFAULT_RADII", "DEFAULT_THRESHOLDS", "EvalConfig", "NORMS", "Recipe",
            "TrainConfig", "key_of", "load_recipe", "normalize_norm", "parse_eps", "parse_options", "parse_reg",
-           "resolve_config"]
+           "resolve_config", "resolve_device"]
 
 DATASETS = ("mnist-small", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 # timm dataset specs robustproto reads (indexable: exact shuffles and resumes), and those it refuses (iterable)
@@ -318,6 +318,20 @@ def _check_device(obj: Any) -> None:
     if not (name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())):
         raise UsageError(f"device: '{obj.device}' is not one of auto, cpu, cuda, cuda:N")
     object.__setattr__(obj, "device", name)
+
+
+def resolve_device(name: str) -> Any:
+    """The ``torch.device`` a ``device`` option names (``auto``: the first CUDA GPU when there is one, else the CPU);
+    a GPU that is not there is a :class:`~robustproto.errors.UsageError`."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"device: {name} is not available here ({torch.cuda.device_count()} CUDA GPUs); "
+                         "pass --device auto or --device cpu")
+    return device
 
 
 @dataclass(frozen=True)
