@@ -20,7 +20,8 @@
 #   bash benchmarks/gpu_checks.sh DATA RESULTS [BUDGET_SECONDS]
 #
 # DATA holds cifar10-jpg/{train,test}/CLASS/*.jpg and MNIST/raw; RESULTS receives the run folders, the reports
-# and gpu_checks.log. Knobs (environment): N_CIFAR (2000), N_MINIMAL (1000), N_MNIST (1000), CIFAR_EPOCHS (40).
+# and gpu_checks.log. Knobs (environment): LANES (the lanes to run, default "wong gloro glorc fgsm pgd"), N_CIFAR
+# (2000), N_MINIMAL (1000), N_MNIST (1000), CIFAR_EPOCHS (40).
 set -u
 DATA=${1:?DATA folder}
 RESULTS=${2:?RESULTS folder}
@@ -29,12 +30,14 @@ N_CIFAR=${N_CIFAR:-2000}
 N_MINIMAL=${N_MINIMAL:-1000}
 N_MNIST=${N_MNIST:-1000}
 CIFAR_EPOCHS=${CIFAR_EPOCHS:-40}
+LANES=${LANES:-wong gloro glorc fgsm pgd}
 START=$(date +%s)
 mkdir -p "$RESULTS"
 exec > >(tee -a "$RESULTS/gpu_checks.log") 2>&1
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
 RP="python3 -m robustproto"
 left() { echo $(( BUDGET - ($(date +%s) - START) - ${1:-0} )); }
+wants() { [[ " $LANES " == *" $1 "* ]]; }
 say() { echo "[$(( $(date +%s) - START )) s] $*"; }
 # run CMD... with SIGINT after SECONDS (a training saves its state on it), killed 60 s later
 until_() { local s=$1; shift; (( s > 5 )) || { say "skipped (no time left): $*"; return 124; }
@@ -72,14 +75,15 @@ WONG=recipes/wong-cifar10-preact-fgsm-rs.toml
 GLORO=recipes/gloro-mnist-4c3f-glvq.toml
 GLORC=recipes/gloro-cifar10-6c2f-glvq.toml
 CIFAR=(--dataset imagefolder --data-dir "$DATA/cifar10-jpg")
-(
+lanes=()
+wants wong && (
     say "wong: training"
     until_ "$(left 200)" $RP train --config $WONG "${CIFAR[@]}" --workers 6 --channels-last --output "$RESULTS/wong"
     say "wong: training ended ($?)"
     attacks "$RESULTS/wong" "$RESULTS/wong" autoattack square pgd-20 -- --config $WONG --n-samples "$N_CIFAR" \
         --batch-size "$N_CIFAR"
-) & lanes=($!)
-(
+) & lanes+=($!)
+wants gloro && (
     say "gloro: training"
     until_ "$(left 75)" $RP train --config $GLORO --data-dir "$DATA" --output "$RESULTS/gloro"
     say "gloro: training ended ($?)"
@@ -89,7 +93,7 @@ CIFAR=(--dataset imagefolder --data-dir "$DATA/cifar10-jpg")
         --batch-size "$N_MINIMAL" --report "$RESULTS/gloro.minimal.json"
     say "gloro: minimal attacks ended ($?)"
 ) & lanes+=($!)
-(
+wants glorc && (
     say "glorc: training"
     until_ "$(left 60)" $RP train --config $GLORC "${CIFAR[@]}" --epochs "$CIFAR_EPOCHS" --output "$RESULTS/glorc"
     say "glorc: training ended ($?)"
@@ -97,10 +101,10 @@ CIFAR=(--dataset imagefolder --data-dir "$DATA/cifar10-jpg")
         --report "$RESULTS/glorc.certify.json"
     say "glorc: certify ended ($?)"
 ) & lanes+=($!)
-mnist_lane kp-mnist-linear-fgsm-rs-eps0.1:linear:fgsm-rs:eps=0.1 kp-mnist-glvq-fgsm-rs-eps0.1:glvq:fgsm-rs:eps=0.1 \
+wants fgsm && mnist_lane kp-mnist-linear-fgsm-rs-eps0.1:linear:fgsm-rs:eps=0.1 kp-mnist-glvq-fgsm-rs-eps0.1:glvq:fgsm-rs:eps=0.1 \
     kp-mnist-linear-fgsm-rs-eps0.3:linear:fgsm-rs:eps=0.3 kp-mnist-glvq-fgsm-rs-eps0.3:glvq:fgsm-rs:eps=0.3 &
 lanes+=($!)
-mnist_lane kp-mnist-linear-pgd-at-eps0.3:linear:pgd-at:eps=0.3,steps=40,alpha=0.01 \
+wants pgd && mnist_lane kp-mnist-linear-pgd-at-eps0.3:linear:pgd-at:eps=0.3,steps=40,alpha=0.01 \
     kp-mnist-glvq-pgd-at-eps0.3:glvq:pgd-at:eps=0.3,steps=40,alpha=0.01 &
 lanes+=($!)
 wait "${lanes[@]}"  # not a bare wait: that would also wait for the log's tee, forever
