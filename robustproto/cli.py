@@ -196,6 +196,7 @@ def eval_command(
         if path:
             _writable(path, option)
     run = _run_folder(model, recipe)
+    device = resolve_device(settings.device)  # a missing GPU is refused before any data is read
     if robustbench:
         from .checkpoint import read_metadata
         from .evaluation import robustbench as protocol
@@ -207,13 +208,13 @@ def eval_command(
                                          data_dir if data_dir is not None else trained.get("data_dir"),
                                          trained.get("img_size"))
         result, info = protocol.evaluate_robustbench(
-            robustproto.load(run, resolve_device(settings.device)), data, norm=settings.norm, batch_size=settings.batch_size, model_name=run,
+            robustproto.load(run, device), data, norm=settings.norm, batch_size=settings.batch_size, model_name=run,
             dataset_name=data.name, plot=plot, save_examples=save_examples, log=typer.echo)
         robustproto.write_report(info, claim)
     else:
         data = run_data(run, "test", dataset, data_dir, settings.n_samples)
         result = robustproto.evaluate(
-            robustproto.load(run, resolve_device(settings.device)), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
+            robustproto.load(run, device), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
             batch_size=settings.batch_size, attack_options=settings.attack_options, thresholds=settings.thresholds,
             bisection_steps=settings.bisection_steps, model_name=run, dataset_name=data.name, plot=plot,
             save_examples=save_examples, log=typer.echo)
@@ -244,8 +245,9 @@ def certify_command(
     settings = recipe.certify_config(**_given(ctx, flags))
     run = _run_folder(model, recipe)
     _writable(report, "report")
+    device = resolve_device(settings.device)
     data = run_data(run, "test", dataset, data_dir, settings.n_samples)
-    result = robustproto.certify(robustproto.load(run, resolve_device(settings.device)), data, norm=settings.norm, radii=settings.radii,
+    result = robustproto.certify(robustproto.load(run, device), data, norm=settings.norm, radii=settings.radii,
                                  batch_size=settings.batch_size, tightness_samples=settings.tightness_samples,
                                  model_name=run, dataset_name=data.name)
     robustproto.write_report(result, report)
