@@ -8,17 +8,14 @@
 #   LANES="linear@0.1 glvq@0.1" bash benchmarks/adv_mnist_cpu.sh   # only these runs, one lane each
 #   METHOD=pgd-at STEPS=5 EPOCHS=4 LANES="linear@0.3 glvq@0.3" bash benchmarks/adv_mnist_cpu.sh
 #
-# The recipes kp-mnist-{linear,glvq}-METHOD.toml are used with the overrides below, which fit a 2-core CPU:
-# EPOCHS epochs at batch 100 with Adam (lr 1e-3, cosine) instead of the recipe's 84 epochs at batch 50, and ε
-# ramped up over the first WARMUP epochs. LANES (space-separated lanes of comma-separated HEAD@EPS runs) go side by
+# The recipes kp-mnist-{linear,glvq}-METHOD.toml are used with the overrides of adv_mnist_settings.sh, which fit a
+# 2-core CPU (EPOCHS epochs, ε warm-up over WARMUP epochs). LANES (space-separated lanes of comma-separated HEAD@EPS runs) go side by
 # side, one thread each. Models go to
 # runs/adv-mnist-cpu/, reports to benchmarks/results/adv_mnist_cpu/, the log with wall times beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}
-EPOCHS=${EPOCHS:-7}
 POINTS=${POINTS:-1000}
-WARMUP=${WARMUP:-2}
 METHOD=${METHOD:-fgsm-rs}
 case $METHOD in
   fgsm-rs) REG_OPTIONS="" ;;
@@ -28,14 +25,15 @@ esac
 OUT=benchmarks/results/adv_mnist_cpu
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+source benchmarks/adv_mnist_settings.sh
 
 lane() {  # one model after another: train, then evaluate
   for spec in "$@"; do
     head=${spec%@*}; eps=${spec#*@}; name="kp-mnist-$head-$METHOD-eps$eps"
     start=$(date +%s)
     robustproto train --config "recipes/kp-mnist-$head-$METHOD.toml" --data-dir "$DATA" \
-      --reg "$METHOD:eps=$eps,warmup_epochs=$WARMUP$REG_OPTIONS" --epochs "$EPOCHS" --batch-size 100 --lr 1e-3 \
-      --sched cosine --output "runs/adv-mnist-cpu/$name" > "$OUT/$name.train.log" 2>&1
+      --reg "$METHOD:eps=$eps,warmup_epochs=$ADV_MNIST_WARMUP$REG_OPTIONS" "${ADV_MNIST_TRAIN[@]}" \
+      --output "runs/adv-mnist-cpu/$name" > "$OUT/$name.train.log" 2>&1
     trained=$(date +%s)
     robustproto eval --config "recipes/kp-mnist-$head-$METHOD.toml" --model "runs/adv-mnist-cpu/$name" \
       --data-dir "$DATA" --n-samples "$POINTS" --eps "$eps" --attack pgd-20 --attack autoattack --attack square \

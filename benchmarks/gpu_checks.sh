@@ -11,8 +11,8 @@
 #          not fit), then certify on the N_CIFAR test points;
 #   fgsm   issue 12 on MNIST: kp_cnn_mnist + {linear, glvq} with fgsm-rs at L∞ ε = 0.1 and 0.3;
 #   pgd    the same with pgd-at at ε = 0.3 (the recipes' 40 steps of 0.01);
-#          both MNIST lanes train with benchmarks/adv_mnist_cpu.sh's overrides (7 epochs at batch 100, Adam 1e-3
-#          cosine, ε warm-up over 2 epochs), then run PGD-20, standard AutoAttack and Square 5000 on N_MNIST points.
+#          both MNIST lanes train with benchmarks/adv_mnist_settings.sh's overrides (those of adv_mnist_cpu.sh:
+#          7 epochs at batch 100, Adam 1e-3 cosine, ε warm-up over 2 epochs), then run PGD-20, standard AutoAttack and Square 5000 on N_MNIST points.
 # A training still running at its deadline gets SIGINT: robustproto saves the model as it is and a resumable state
 # (`robustproto train --resume RUN` finishes it); the log and metrics.jsonl say which epoch it reached. Each attack
 # writes its own report, so one cut short loses only itself.
@@ -36,6 +36,7 @@ mkdir -p "$RESULTS"
 exec > >(tee -a "$RESULTS/gpu_checks.log") 2>&1
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
 RP="python3 -m robustproto"
+source "${BASH_SOURCE[0]%/*}/adv_mnist_settings.sh"
 left() { echo $(( BUDGET - ($(date +%s) - START) - ${1:-0} )); }
 wants() { [[ " $LANES " == *" $1 "* ]]; }
 say() { echo "[$(( $(date +%s) - START )) s] $*"; }
@@ -51,8 +52,7 @@ attacks() { local run=$1 prefix=$2 attack rc; shift 2; local names=(); while [[ 
 mnist_lane() { local item name head reg eps; for item in "$@"; do
                    IFS=: read -r name head reg <<< "$item"; eps=${reg#*eps=}; eps=${eps%%,*}
                    until_ "$(left 60)" $RP train --config "recipes/kp-mnist-$head-${reg%%:*}.toml" --data-dir "$DATA" \
-                       --reg "$reg,warmup_epochs=2" --epochs 7 --batch-size 100 --lr 1e-3 --sched cosine \
-                       --output "$RESULTS/$name"
+                       --reg "$reg,warmup_epochs=$ADV_MNIST_WARMUP" "${ADV_MNIST_TRAIN[@]}" --output "$RESULTS/$name"
                    say "$name: training ended ($?)"
                    attacks "$RESULTS/$name" "$RESULTS/$name" autoattack square pgd-20 -- --config \
                        "recipes/kp-mnist-$head-${reg%%:*}.toml" --n-samples "$N_MNIST" --batch-size "$N_MNIST" \
