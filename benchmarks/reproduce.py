@@ -676,12 +676,14 @@ def adversarial_mnist_cpu_section(folder: Path) -> list[str]:
     if not reports:
         return []
     lines = ["", "## Adversarial training on the full MNIST training set (`benchmarks/adv_mnist_cpu.sh`)", "",
-             "| run | head | ε (L∞) | epochs | train minutes | test points | clean | PGD-20 | AutoAttack (standard) | "
-             "Square 5000 | Square − AutoAttack |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| run | head | training | ε (L∞) | epochs | train minutes | test points | clean | PGD-20 | "
+             "AutoAttack (standard) | Square 5000 | Square − AutoAttack |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in reports:
         report = json.loads(path.read_text())
-        name = path.stem
+        name = path.stem  # kp-mnist-HEAD-METHOD-epsE
         eps = float(name.rsplit("eps", 1)[1])
+        _, _, head, method = name.rsplit("-eps", 1)[0].split("-", 3)
         accuracy = {a: _robust_accuracy(report, a, eps) for a in ("pgd-20", "autoattack", "square")}
         log = folder / f"{name}.train.log"
         # "epoch 3/7: loss … 142 img/s  436.0 s": the epochs done and their seconds, summed
@@ -690,7 +692,7 @@ def adversarial_mnist_cpu_section(folder: Path) -> list[str]:
         minutes = sum(float(words[-2]) for words in epochs) / 60 if epochs else float("nan")
         gap = None if None in (accuracy["square"], accuracy["autoattack"]) else \
             accuracy["square"] - accuracy["autoattack"]
-        lines.append(f"| {name} | {name.split('-')[2]} | {eps:g} | {epochs[-1][1].split('/')[0] if epochs else '?'} | "
+        lines.append(f"| {name} | {head} | {method} | {eps:g} | {epochs[-1][1].split('/')[0] if epochs else '?'} | "
                      f"{minutes:.0f} | {report['n_samples']} | {_fmt(report['clean_accuracy'], True)} | "
                      f"{_fmt(accuracy['pgd-20'], True)} | "
                      f"{_fmt(accuracy['autoattack'], True)} | {_fmt(accuracy['square'], True)} | "

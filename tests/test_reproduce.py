@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -156,6 +157,24 @@ def test_adversarial_section_and_summary(reproduce, tmp_path):
     args = type("Args", (), {"results": tmp_path / "results", "scale": "small", "data_dir": tmp_path})()
     text = reproduce.write_results(list(outcomes.values()), args).read_text()
     assert "## Adversarial training" in text and "AutoAttack is left out for time" in text
+
+
+def test_adversarial_mnist_cpu_section_reads_each_runs_method_epochs_and_square_gap(reproduce, tmp_path):
+    for name, accuracies in {"kp-mnist-glvq-pgd-at-eps0.3": {"pgd-20": 0.8, "autoattack": 0.7, "square": 0.72},
+                             "kp-mnist-linear-fgsm-rs-eps0.1": {"pgd-20": 0.95, "autoattack": 0.94}}.items():
+        eps = float(name.rsplit("eps", 1)[1])
+        report = {"n_samples": 1000, "clean_accuracy": 0.98,
+                  "results": [{"attack": a, "eps": eps, "robust_accuracy": acc} for a, acc in accuracies.items()]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+        (tmp_path / f"{name}.1000-points.square.json").write_text(json.dumps(report))  # a single-attack rerun
+    (tmp_path / "kp-mnist-glvq-pgd-at-eps0.3.train.log").write_text(
+        "training kp_cnn_mnist\nepoch 1/4: loss 2.1  train acc 0.2  test acc 0.9  200 img/s  300.0 s\n"
+        "epoch 2/4: loss 1.1  train acc 0.6  test acc 0.95  200 img/s  300.0 s\n")
+    rows = [line for line in reproduce.adversarial_mnist_cpu_section(tmp_path) if line.startswith("| kp-mnist")]
+    assert rows == ["| kp-mnist-glvq-pgd-at-eps0.3 | glvq | pgd-at | 0.3 | 2 | 10 | 1000 | 98.0 % | 80.0 % | 70.0 % | "
+                    "72.0 % | +2.0 points |",
+                    "| kp-mnist-linear-fgsm-rs-eps0.1 | linear | fgsm-rs | 0.1 | ? | nan | 1000 | 98.0 % | 95.0 % | "
+                    "94.0 % | — |  |"]
 
 
 def test_certified_radius_is_compared_with_the_distance_of_the_same_point_only(reproduce):
