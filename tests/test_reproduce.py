@@ -187,8 +187,6 @@ def test_certified_radius_is_compared_with_the_distance_of_the_same_point_only(r
 
 
 def test_khalid_cpu_section_reports_violations_per_epoch_and_every_attack(reproduce, tmp_path):
-    import json
-
     folder = tmp_path / "khalid_mnist_cpu"
     assert reproduce.khalid_cpu_section(folder, "mnist") == []  # not run: no section
     folder.mkdir()
