@@ -7,6 +7,7 @@
 #   bash benchmarks/adv_mnist_cpu.sh [DATA_DIR]      # DATA_DIR holds MNIST/raw (default ../shared/data)
 #   LANES="linear@0.1 glvq@0.1" bash benchmarks/adv_mnist_cpu.sh   # only these runs, one lane each
 #   METHOD=pgd-at STEPS=5 EPOCHS=4 LANES="linear@0.3 glvq@0.3" bash benchmarks/adv_mnist_cpu.sh
+#   METHOD=pgd-at OPTIONS=clean_weight=1 TAG=clean1 ...   # more options of the method; TAG marks the run's name
 #
 # The recipes kp-mnist-{linear,glvq}-METHOD.toml are used with the overrides of adv_mnist_settings.sh, which fit a
 # 2-core CPU (EPOCHS epochs, ε warm-up over WARMUP epochs). LANES (space-separated lanes of comma-separated HEAD@EPS runs) go side by
@@ -22,6 +23,8 @@ case $METHOD in
   pgd-at) REG_OPTIONS=",steps=${STEPS:-5}" ;;
   *) echo "adv_mnist_cpu.sh: METHOD must be fgsm-rs or pgd-at, got '$METHOD'" >&2; exit 2 ;;
 esac
+REG_OPTIONS+=${OPTIONS:+,$OPTIONS}
+TAG=${TAG:+-$TAG}
 OUT=benchmarks/results/adv_mnist_cpu
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -29,7 +32,7 @@ source benchmarks/adv_mnist_settings.sh
 
 lane() {  # one model after another: train, then evaluate
   for spec in "$@"; do
-    head=${spec%@*}; eps=${spec#*@}; name="kp-mnist-$head-$METHOD-eps$eps"
+    head=${spec%@*}; eps=${spec#*@}; name="kp-mnist-$head-$METHOD$TAG-eps$eps"
     start=$(date +%s)
     robustproto train --config "recipes/kp-mnist-$head-$METHOD.toml" --data-dir "$DATA" \
       --reg "$METHOD:eps=$eps,warmup_epochs=$ADV_MNIST_WARMUP$REG_OPTIONS" "${ADV_MNIST_TRAIN[@]}" \
