@@ -178,7 +178,9 @@ def eval_command(
     config: str = typer.Option(None, "--config", help="Recipe TOML; its \\[eval] table gives the defaults below."),
     dataset: str = typer.Option(None, help=DATASET_HELP),
     data_dir: str = typer.Option(None, help=DATA_DIR_HELP),
-    report: str = typer.Option("report.json", "--report", help="JSON report to write (∞ written as \"inf\")."),
+    report: str = typer.Option("report.json", "--report", help="JSON report to write (∞ written as \"inf\"); "
+                                                                "rewritten after each attack, its `unfinished` "
+                                                                "listing those not yet run."),
     plot: str = typer.Option(None, "--plot", help="PNG of the robustness curves."),
     save_examples: str = typer.Option(None, "--save-examples", help="PNG grid of adversarial examples."),
     claim: str = typer.Option("robustbench.json", "--claim", help="With --protocol robustbench: RobustBench's "
@@ -217,7 +219,8 @@ def eval_command(
             robustproto.load(run, device), data, attacks=dict(settings.attacks), eps=dict(settings.eps),
             batch_size=settings.batch_size, attack_options=settings.attack_options, thresholds=settings.thresholds,
             bisection_steps=settings.bisection_steps, model_name=run, dataset_name=data.name, plot=plot,
-            save_examples=save_examples, log=typer.echo)
+            save_examples=save_examples, log=typer.echo,
+            partial_report=lambda partial: robustproto.write_report(partial, report))
     robustproto.write_report(result, report)
     typer.echo(f"clean accuracy {result['clean_accuracy']:.4f}; median distance {result['median_distance']}")
     for warning in result["warnings"]:

@@ -262,8 +262,8 @@ def _report_kind(data: Any) -> str | None:
 
 def _reports(run_dir: Path, given: Sequence[str | Path] | None) -> list[tuple[Path, dict[str, Any]]]:
     """``(path, report)`` of the given eval/certify reports, or of those directly in the run folder."""
+    found = []
     if given is None:
-        found = []
         for path in sorted(run_dir.glob("*.json")):
             try:
                 data = json.loads(path.read_text())
@@ -271,20 +271,23 @@ def _reports(run_dir: Path, given: Sequence[str | Path] | None) -> list[tuple[Pa
                 continue  # not a report: a run folder may hold any other file
             if path.name != CONFIG_FILE and _report_kind(data):
                 found.append((path, data))
-        return found
-    out = []
-    for path in map(Path, given):
-        if not path.is_file():
-            raise MissingFileError(f"reports: no report at {path}; pass files written by `robustproto eval --report` "
-                                   "or `robustproto certify --report`")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"reports: {path} is not valid JSON ({exc})") from exc
-        if not _report_kind(data):
-            raise UsageError(f"reports: {path} is not a report of `robustproto eval` or `robustproto certify`")
-        out.append((path, data))
-    return out
+    else:
+        for path in map(Path, given):
+            if not path.is_file():
+                raise MissingFileError(f"reports: no report at {path}; pass files written by `robustproto eval "
+                                       "--report` or `robustproto certify --report`")
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"reports: {path} is not valid JSON ({exc})") from exc
+            if not _report_kind(data):
+                raise UsageError(f"reports: {path} is not a report of `robustproto eval` or `robustproto certify`")
+            found.append((path, data))
+    for path, data in found:  # a card must not present an evaluation as done when some of its attacks never ran
+        if data.get("unfinished"):
+            raise UsageError(f"reports: {path} is unfinished (not run: {', '.join(data['unfinished'])}); rerun "
+                             "`robustproto eval`, or pass --report with complete reports only")
+    return found
 
 
 def _dataset(report: Mapping[str, Any]) -> dict[str, Any]:

@@ -144,6 +144,15 @@ def test_the_model_card_carries_the_reports_with_their_settings(runs, tmp_path):
     assert len(card.data.eval_results) == sum(len(r["metrics"]) for r in index["results"])
 
 
+def test_an_unfinished_report_never_reaches_a_model_card(runs, tmp_path):
+    report = json.loads((runs["mlp"] / "report.json").read_text())
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({**report, "unfinished": ["autoattack/Linf"]}))
+    with pytest.raises(UsageError, match="partial.json is unfinished .not run: autoattack/Linf."):
+        robustproto.export(runs["mlp"], tmp_path / "hf", reports=[partial])
+    assert not (tmp_path / "hf").exists()
+
+
 def test_a_non_empty_folder_is_refused_unless_forced(runs, tmp_path):
     out = tmp_path / "hf"
     out.mkdir()

@@ -13,6 +13,8 @@ has its normalisation inside, so ε is in pixel units) with torchattacks and ret
   is the smallest adversarial it produced over the ε grid, refined by a per-sample bisection on ε only
   when ``bisection_steps > 0`` asks for it (each step costs up to one more attack run), searched up to
   the largest ε of the grid (or, without a grid, the largest possible distance in [0, 1]ᵈ).
+- ``unfinished``: only in the reports handed to ``partial_report`` while the attacks run (``robustproto eval``
+  writes each one to ``--report``): the attacks (``name/norm``) not yet run; a report without it is complete.
 - ``warnings``: signals of gradient masking (a black-box attack beats a white-box one at the same
   ε; robust accuracy rising with ε; accuracy above the best constant guess at an ε that reaches the
   mid-grey image), a weakened AutoAttack, and CE-only evaluations.

@@ -3,6 +3,7 @@ assemble the report (its fields and guarantees are described in :mod:`robustprot
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import time
@@ -63,6 +64,7 @@ class _Job:
     plot: str | Path | None
     save_examples: str | Path | None
     log: Callable[[str], None] | None
+    partial_report: Callable[[dict[str, Any]], None] | None
 
 
 def evaluate(
@@ -83,6 +85,7 @@ def evaluate(
     plot: str | Path | None = None,
     save_examples: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    partial_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Attack ``model`` on ``data`` and return the report (see :mod:`robustproto.evaluation` for every field).
 
@@ -108,6 +111,9 @@ def evaluate(
             calls give identical reports and the caller's RNG state is left as it was.
         plot, save_examples: PNG paths for the robustness curves and a grid of adversarial examples.
         log: called with one line per finished attack (e.g. ``print``).
+        partial_report: called after every attack but the last with the report of the attacks finished so far,
+            whose ``unfinished`` lists the others (``name/norm``); ``robustproto eval`` writes it, so an evaluation
+            stopped midway keeps its finished attacks.
 
     Bad names, options and values are :class:`~robustproto.errors.UsageError` (a ``ValueError``), raised before
     any data is read.
@@ -128,7 +134,7 @@ def evaluate(
         if value is not None and value < minimum:
             raise UsageError(f"{key}: must be ≥ {minimum}, got {value}")
     job = _Job(parsed, {n: grid for n, (_, grid) in plan.items()}, thresholds, bisection_steps, model_name,
-               dataset_name, plot, save_examples, log)
+               dataset_name, plot, save_examples, log, partial_report)
 
     x, y = collect(data, n_samples, batch_size)
     device = model_device(model)
@@ -189,6 +195,32 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runner: Attack
     distance_seconds: dict[str, dict[str, float]] = {}
     examples: list[tuple[str, torch.Tensor]] = []
 
+    white_box = {(name, norm): attack.spec.white_box for norm, entries in job.attacks.items()
+                 for name, attack in entries}
+    unfinished = [f"{name}/{norm}" for norm, entries in job.attacks.items() for name, _ in entries]
+
+    def report() -> dict[str, Any]:
+        median_distance, threshold_accuracy, found = distance_summary({k: d for k, d in distances.items() if d},
+                                                                      job.thresholds)
+        warnings = runner.warnings + masking_warnings(results, white_box, n, class_share, x.shape[1:], loss)
+        return {
+            "model": job.model_name or name_of(model),
+            "dataset": job.dataset_name or "tensors",
+            "n_samples": n,
+            "clean_accuracy": float(correct.double().mean()),
+            "results": results,
+            "median_distance": median_distance,
+            "threshold_accuracy": threshold_accuracy,
+            "minimal_attack_failures": failures,
+            "warnings": warnings,
+            "distance_seconds": distance_seconds,
+            "clean_seconds": clean_seconds,
+            "settings": settings,
+            "distances": {k: {a: v.tolist() for a, v in d.items()} for k, d in found.items()},
+            **({"unfinished": list(unfinished)} if unfinished else {}),
+        }
+
+    class_share = float(torch.bincount(y).max()) / n
     for run_norm, entries in job.attacks.items():
         grid = job.eps[run_norm]
         distances[run_norm], failures[run_norm], distance_seconds[run_norm] = {}, {}, {}
@@ -224,29 +256,13 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runner: Attack
                 if grid:
                     line += f", robust accuracy at eps={grid[-1]:g}: {results[-1]['robust_accuracy']:.4f}"
                 job.log(line)
+            unfinished.remove(f"{name}/{run_norm}")
+            if unfinished and job.partial_report:
+                job.partial_report(copy.deepcopy(report()))  # a snapshot: the lists grow with the next attack
 
-    median_distance, threshold_accuracy, distances = distance_summary(distances, job.thresholds)
-    class_share = float(torch.bincount(y).max()) / n
-    white_box = {(name, norm): attack.spec.white_box for norm, entries in job.attacks.items()
-                 for name, attack in entries}
-    warnings = runner.warnings + masking_warnings(results, white_box, n, class_share, x.shape[1:], loss)
-    report = {
-        "model": job.model_name or name_of(model),
-        "dataset": job.dataset_name or "tensors",
-        "n_samples": n,
-        "clean_accuracy": float(correct.double().mean()),
-        "results": results,
-        "median_distance": median_distance,
-        "threshold_accuracy": threshold_accuracy,
-        "minimal_attack_failures": failures,
-        "warnings": warnings,
-        "distance_seconds": distance_seconds,
-        "clean_seconds": clean_seconds,
-        "settings": settings,
-        "distances": {k: {a: v.tolist() for a, v in d.items()} for k, d in distances.items()},
-    }
+    final = report()
     if job.plot:
-        save_robustness_curves(report, job.plot)
+        save_robustness_curves(final, job.plot)
     if job.save_examples:
         save_example_grid(x[correct], examples, job.save_examples)
-    return report
+    return final

@@ -112,6 +112,45 @@ def test_eval_and_certify_cli_on_a_saved_run(tmp_path):
     assert len(cert["radii"]) == 20 and set(cert["certified_accuracy"]) == {"0.5", "1"}
 
 
+def test_each_finished_attack_is_handed_out_as_a_partial_report(tiny):
+    model, x, y = tiny
+    partial = []
+    final = evaluate(model, (x, y), attacks={"Linf": ["fgsm", "pgd-5"], "L2": ["fgm"]},
+                     eps={"Linf": [0.1], "L2": [1.0]}, partial_report=partial.append)
+    assert [p["unfinished"] for p in partial] == [["pgd-5/Linf", "fgm/L2"], ["fgm/L2"]]  # none after the last
+    assert "unfinished" not in final
+    for report, done in zip(partial, (["fgsm"], ["fgsm", "pgd-5"])):
+        assert [r["attack"] for r in report["results"]] == done
+        assert _without_timings(report["results"]) == _without_timings(final["results"][:len(done)])
+        assert set(report["distances"]) == {"Linf"} and set(report["distances"]["Linf"]) == {*done, "worst_case"}
+
+
+def test_an_interrupted_eval_keeps_the_report_of_its_finished_attacks(tmp_path, monkeypatch, fake_attack):
+    from typer.testing import CliRunner
+
+    from robustproto.attacks import ATTACKS
+    from robustproto.checkpoint import save_model
+    from robustproto.cli import app
+
+    def interrupted(model, eps, norm, num_classes, options):
+        def attack(x, y):
+            raise KeyboardInterrupt  # Ctrl-C during the second attack
+
+        return attack
+
+    monkeypatch.setitem(ATTACKS, "interrupted", fake_attack(interrupted))
+    run = tmp_path / "run"
+    run.mkdir()
+    save_model(robustproto.wrap("flatten", head="glvq", num_classes=10), run / "model.safetensors",
+               {"dataset": "mnist-small"})
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["eval", "--model", str(run), "--attack", "fgsm", "--attack", "interrupted",
+                                      "--eps", "0.1", "--n-samples", "20", "--report", str(report)])
+    assert result.exit_code != 0
+    kept = json.loads(report.read_text())
+    assert [r["attack"] for r in kept["results"]] == ["fgsm"] and kept["unfinished"] == ["interrupted/Linf"]
+
+
 def _without_timings(report):
     drop = {"seconds", "clean_seconds", "distance_seconds"}
     if isinstance(report, dict):
