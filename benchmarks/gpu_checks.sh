@@ -10,7 +10,8 @@
 #   glorc  issue 13: recipes/gloro-cifar10-6c2f-glvq.toml shortened to CIFAR_EPOCHS epochs (the recipe's 800 do
 #          not fit), then certify on the N_CIFAR test points;
 #   fgsm   issue 12 on MNIST: kp_cnn_mnist + {linear, glvq} with fgsm-rs at L∞ ε = 0.1 and 0.3;
-#   pgd    the same with pgd-at at ε = 0.3 (the recipes' 40 steps of 0.01);
+#   pgd    the same with pgd-at at ε = 0.3 (the recipes' 40 steps of 0.01; GLVQ with clean_weight = 1: under
+#          Madry's objective alone it collapsed on the CPU, see REPRODUCTION.md);
 #          both MNIST lanes train with benchmarks/adv_mnist_settings.sh's overrides (those of adv_mnist_cpu.sh:
 #          7 epochs at batch 100, Adam 1e-3 cosine, ε warm-up over 2 epochs), then run PGD-20, standard AutoAttack and Square 5000 on N_MNIST points.
 # A training still running at its deadline gets SIGINT: robustproto saves the model as it is and a resumable state
@@ -105,7 +106,7 @@ wants fgsm && mnist_lane kp-mnist-linear-fgsm-rs-eps0.1:linear:fgsm-rs:eps=0.1 k
     kp-mnist-linear-fgsm-rs-eps0.3:linear:fgsm-rs:eps=0.3 kp-mnist-glvq-fgsm-rs-eps0.3:glvq:fgsm-rs:eps=0.3 &
 lanes+=($!)
 wants pgd && mnist_lane kp-mnist-linear-pgd-at-eps0.3:linear:pgd-at:eps=0.3,steps=40,alpha=0.01 \
-    kp-mnist-glvq-pgd-at-eps0.3:glvq:pgd-at:eps=0.3,steps=40,alpha=0.01 &
+    kp-mnist-glvq-pgd-at-clean1-eps0.3:glvq:pgd-at:eps=0.3,steps=40,alpha=0.01,clean_weight=1 &
 lanes+=($!)
 wait "${lanes[@]}"  # not a bare wait: that would also wait for the log's tee, forever
 say "done"
