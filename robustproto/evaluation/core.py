@@ -195,6 +195,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runner: Attack
     distance_seconds: dict[str, dict[str, float]] = {}
     examples: list[tuple[str, torch.Tensor]] = []
 
+    class_share = float(torch.bincount(y).max()) / n
     white_box = {(name, norm): attack.spec.white_box for norm, entries in job.attacks.items()
                  for name, attack in entries}
     unfinished = [f"{name}/{norm}" for norm, entries in job.attacks.items() for name, _ in entries]
@@ -220,7 +221,6 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runner: Attack
             **({"unfinished": list(unfinished)} if unfinished else {}),
         }
 
-    class_share = float(torch.bincount(y).max()) / n
     for run_norm, entries in job.attacks.items():
         grid = job.eps[run_norm]
         distances[run_norm], failures[run_norm], distance_seconds[run_norm] = {}, {}, {}
