@@ -6,8 +6,10 @@
 #
 #   bash benchmarks/adv_mnist_cpu.sh [DATA_DIR]      # DATA_DIR holds MNIST/raw (default ../shared/data)
 #   LANES="linear@0.1 glvq@0.1" bash benchmarks/adv_mnist_cpu.sh   # only these runs, one lane each
-#   METHOD=pgd-at STEPS=5 EPOCHS=4 LANES="linear@0.3 glvq@0.3" bash benchmarks/adv_mnist_cpu.sh
-#   METHOD=pgd-at OPTIONS=clean_weight=1 TAG=clean1 ...   # more options of the method; TAG marks the run's name
+#   METHOD=pgd-at STEPS=5 EPOCHS=4 LANES=linear@0.3 bash benchmarks/adv_mnist_cpu.sh
+#   METHOD=pgd-at STEPS=5 EPOCHS=4 LANES=glvq@0.3 OPTIONS=clean_weight=1 TAG=clean1 bash benchmarks/adv_mnist_cpu.sh
+#   (OPTIONS: more of the method's options, for every run; TAG marks the runs' names. GLVQ needs the clean term
+#   under PGD-AT at ε = 0.3: without it, it collapsed, see REPRODUCTION.md)
 #
 # The recipes kp-mnist-{linear,glvq}-METHOD.toml are used with the overrides of adv_mnist_settings.sh, which fit a
 # 2-core CPU (EPOCHS epochs, ε warm-up over WARMUP epochs). LANES (space-separated lanes of comma-separated HEAD@EPS runs) go side by
