@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12's CPU check: adversarial training (METHOD: fgsm-rs, Wong et al. 2020, the default; or pgd-at with STEPS
-# steps of 2.5·ε/STEPS, Madry et al. 2018) of `kp_cnn_mnist` with a linear and a GLVQ head on the full MNIST training set at L∞ ε = 0.1 and ε = 0.3, then clean accuracy, PGD-20, AutoAttack
+# steps of 2.5·ε/STEPS, Madry et al. 2018) of `kp_cnn_mnist` with a linear and a GLVQ head on the full MNIST
+# training set at L∞ ε = 0.1 and ε = 0.3, then clean accuracy, PGD-20, AutoAttack
 # (standard: 100-step APGD-CE/APGD-T, FAB-T, Square 5000) and Square alone (5000 queries) at the training ε on
 # a fixed subset of POINTS test points (1000).
 #
@@ -12,9 +13,9 @@
 #   under PGD-AT at ε = 0.3: without it, it collapsed, see REPRODUCTION.md)
 #
 # The recipes kp-mnist-{linear,glvq}-METHOD.toml are used with the overrides of adv_mnist_settings.sh, which fit a
-# 2-core CPU (EPOCHS epochs, ε warm-up over WARMUP epochs). LANES (space-separated lanes of comma-separated HEAD@EPS runs) go side by
-# side, one thread each. Models go to
-# runs/adv-mnist-cpu/, reports to benchmarks/results/adv_mnist_cpu/, the log with wall times beside them.
+# 2-core CPU (EPOCHS epochs, ε warm-up over WARMUP epochs). LANES (space-separated lanes of comma-separated
+# HEAD@EPS runs) go side by side, one thread each. Models go to runs/adv-mnist-cpu/, reports to
+# benchmarks/results/adv_mnist_cpu/, the log with wall times beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}

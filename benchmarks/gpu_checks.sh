@@ -13,7 +13,8 @@
 #   pgd    the same with pgd-at at ε = 0.3 (the recipes' 40 steps of 0.01; GLVQ with clean_weight = 1: under
 #          Madry's objective alone it collapsed on the CPU, see REPRODUCTION.md);
 #          both MNIST lanes train with benchmarks/adv_mnist_settings.sh's overrides (those of adv_mnist_cpu.sh:
-#          7 epochs at batch 100, Adam 1e-3 cosine, ε warm-up over 2 epochs), then run PGD-20, standard AutoAttack and Square 5000 on N_MNIST points.
+#          7 epochs at batch 100, Adam 1e-3 cosine, ε warm-up over 2 epochs), then run PGD-20, standard
+#          AutoAttack and Square 5000 on N_MNIST points.
 # A training still running at its deadline gets SIGINT: robustproto saves the model as it is and a resumable state
 # (`robustproto train --resume RUN` finishes it); the log and metrics.jsonl say which epoch it reached. Each attack
 # writes its own report, so one cut short loses only itself.

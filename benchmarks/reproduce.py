@@ -682,8 +682,9 @@ def adversarial_mnist_cpu_section(folder: Path) -> list[str]:
     for path in reports:
         report = json.loads(path.read_text())
         name = path.stem  # kp-mnist-HEAD-METHOD-epsE
-        eps = float(name.rsplit("eps", 1)[1])
-        _, _, head, method = name.rsplit("-eps", 1)[0].split("-", 3)
+        stem, eps_text = name.rsplit("-eps", 1)
+        _, _, head, method = stem.split("-", 3)
+        eps = float(eps_text)
         accuracy = {a: _robust_accuracy(report, a, eps) for a in ("pgd-20", "autoattack", "square")}
         log = folder / f"{name}.train.log"
         # "epoch 3/7: loss … 142 img/s  436.0 s": the epochs done and their seconds, summed
@@ -925,9 +926,9 @@ NOTES: dict[tuple[str, str], list[str]] = {
         "(73 % of them in epoch 3, μ > 0), moving every embedding away from all prototypes pulls each μ to 0 and lowers",
         "their mean: GLVQ's loss rewards giving up. With `clean_weight=1` (the clean batch's loss added;",
         "`OPTIONS=clean_weight=1 TAG=clean1`) GLVQ trained: 97.2 % clean, PGD-20 75.1 %, AutoAttack 62.6 %, Square",
-        "63.8 %, 1.2 points above AutoAttack. Its AutoAttack number is from `kp-mnist-glvq-pgd-at-clean1-eps0.3.partial.log`: that",
-        "evaluation was stopped after AutoAttack, because Square was already running in a process of its own (with",
-        "PGD-20 again, into the report the table reads). Both ε = 0.3 PGD-AT models meet issue 12's condition (Square",
+        "63.8 %, 1.2 points above AutoAttack. Its AutoAttack number is from",
+        "`kp-mnist-glvq-pgd-at-clean1-eps0.3.partial.log`: that evaluation was stopped after AutoAttack, because Square",
+        "was already running in a process of its own (with PGD-20 again, into the report the table reads). Both ε = 0.3 PGD-AT models meet issue 12's condition (Square",
         "within 3 points of AutoAttack), which the FGSM-RS ones did not. Under PGD-AT the linear head is 18 points",
         "ahead under AutoAttack (80.9 % against 62.6 %), though not under the same objective (GLVQ needed the clean",
         "term): in this run the prototype head does not beat the linear one. PGD-20 overstates the robustness of both,",
