@@ -215,6 +215,21 @@ def test_khalid_cpu_section_reports_violations_per_epoch_and_every_attack(reprod
     assert "200 of them" in "\n".join(lines)
 
 
+def test_glvq_escape_table_shows_each_variant_from_its_first_window_to_its_last(reproduce, tmp_path):
+    assert reproduce.glvq_escape_table(tmp_path / "glvq-escape.json") == []  # not run: no table
+
+    def record(step, share, norm):
+        return {"step": step, "test_acc": 0.3, "median_abs_mu": 1e-4, "mean_embedding_norm": norm, "median_spread": 9.0,
+                "prototype_norm": 4.33, "min_prototype_gap": 0.4, "train_share_mu_positive": share}
+    (tmp_path / "glvq-escape.json").write_text(json.dumps({"sgd": {
+        "overrides": {"optimizer": "sgd", "head_opt": {"beta": 10.0}}, "train_samples": 20000, "points": 500,
+        "records": [record(0, None, 0.5), record(50, 0.8, 72.0), record(100, 0.6, 80.0), record(300, 0.55, 95.0)]}}))
+    lines = reproduce.glvq_escape_table(tmp_path / "glvq-escape.json")
+    assert "first 300 steps" in lines[1] and "steps 1–50" in lines[1]
+    assert lines[-1].startswith("| sgd | optimizer=sgd, head_opt.beta=10.0 | 80 → 55 % | 30.0 → 30.0 % |")
+    assert "| 72 → 95 |" in lines[-1]  # ‖z̄‖ from step 50 to the last step; step 0 (untouched BatchNorm) is left out
+
+
 def test_gpu_section_reads_each_checks_measure_from_its_report(reproduce, tmp_path):
     (tmp_path / "gpu_checks.log").write_text("NVIDIA H200, 580, 143771 MiB\ntorch 2.11 | timm 1.0\n")
     (tmp_path / "gloro.metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
