@@ -179,6 +179,31 @@ def test_glvq_mu_and_loss_by_hand():
     torch.testing.assert_close(sigmoid.loss(z, sigmoid(z), y), expected)
 
 
+def test_glvq_detach_denominator_keeps_mu_and_drops_the_gradient_that_moves_away_from_every_prototype():
+    head = make("glvq", dim=2, classes=2)
+    detached = make("glvq", dim=2, classes=2, detach_denominator=True)
+    with torch.no_grad():  # class 0 at (0, 0), class 1 at (2, 0); a point of class 0 at (3, 1): misclassified
+        head.prototypes.copy_(torch.tensor([[0.0, 0.0], [2.0, 0.0]]))
+    detached.load_state_dict(head.state_dict())
+    y = torch.tensor([0])
+    grads = []
+    for h in (head, detached):
+        z = torch.tensor([[3.0, 1.0]], requires_grad=True)
+        mu = h.mu(h(z), y)
+        torch.testing.assert_close(mu, torch.tensor([(10.0 - 2.0) / 12.0]))  # d⁺ = 10, d⁻ = 2
+        mu.sum().backward()
+        grads.append(z.grad[0])
+    # GLVQ: ∇μ = (2d⁻ ∇d⁺ − 2d⁺ ∇d⁻) / (d⁺ + d⁻)² with ∇d = 2(z − w): (4·(6, 2) − 20·(2, 2)) / 144
+    torch.testing.assert_close(grads[0], torch.tensor([-16.0, -32.0]) / 144)
+    # detached: (∇d⁺ − ∇d⁻) / (d⁺ + d⁻) = 2(w⁻ − w⁺) / 12, along the line between the two prototypes only
+    torch.testing.assert_close(grads[1], torch.tensor([4.0, 0.0]) / 12)
+    # descending GLVQ's gradient moves z away from the origin's prototype and off the prototypes' line;
+    # the detached one moves z along that line only
+    assert -grads[0] @ torch.tensor([3.0, 1.0]) > 0 and grads[1][1] == 0
+    with pytest.raises(UsageError, match="detach_denominator must be true or false"):
+        make("glvq", dim=2, classes=2, detach_denominator="yes")
+
+
 # --- margins against brute force ------------------------------------------------------------------
 
 def assert_margin(predict, z, margin, normals, tight: bool, trials: int = 300):

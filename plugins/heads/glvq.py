@@ -26,6 +26,14 @@ class GLVQ(Head):
     ``μ = 0`` when both are 0. ``φ`` is the identity (the paper's choice) or
     ``sigmoid(beta · μ)``.
 
+    ``detach_denominator`` keeps μ's value and treats its denominator ``d⁺ + d⁻`` as a constant in the
+    gradient, which is then ``(∇d⁺ − ∇d⁻) / (d⁺ + d⁻)``. Why: GLVQ's own gradient has a part that only
+    shrinks |μ|. For a misclassified point (μ > 0) μ falls towards 0 when the embedding moves away from every
+    prototype at once, so while most training points are misclassified (early in training a deep backbone on
+    a hard data set) the backbone can lower the loss by carrying all embeddings far from the prototypes, where
+    |μ| and its gradients vanish (measured on CIFAR-10: ``benchmarks/glvq_escape.py``). Without the
+    denominator's part the gradient moves an embedding only along ``w⁻ − w⁺``, towards its own class.
+
     Distances are squared Euclidean in float32, also under autocast. GMLVQ and GTLVQ
     subclass this head and override :meth:`distances`.
 
@@ -33,6 +41,7 @@ class GLVQ(Head):
         prototypes_per_class: prototypes per class (default 1).
         activation: ``"identity"`` or ``"sigmoid"``.
         beta: slope of the sigmoid activation.
+        detach_denominator: μ's denominator held constant in the gradient (default False: GLVQ's gradient).
 
     ``init_from_data`` places the prototypes at the class means (one per class) or at the
     centres of a seeded per-class k-means; a class without samples keeps its init.
@@ -44,7 +53,7 @@ class GLVQ(Head):
     """
 
     def __init__(self, embed_dim: int, num_classes: int, *, prototypes_per_class: int = 1,
-                 activation: str = "identity", beta: float = 1.0):
+                 activation: str = "identity", beta: float = 1.0, detach_denominator: bool = False):
         super().__init__(embed_dim, num_classes)
         if num_classes < 2:
             raise UsageError(f"{type(self).__name__} needs at least 2 classes, got num_classes={num_classes}")
@@ -54,7 +63,10 @@ class GLVQ(Head):
             raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if beta <= 0:
             raise UsageError(f"beta must be positive, got {beta}")
+        if not isinstance(detach_denominator, bool):
+            raise UsageError(f"detach_denominator must be true or false, got {detach_denominator!r}")
         self.prototypes_per_class = int(prototypes_per_class)
+        self.detach_denominator = detach_denominator
         self.activation = activation
         self.beta = float(beta)
         num_prototypes = num_classes * self.prototypes_per_class
@@ -79,6 +91,8 @@ class GLVQ(Head):
         total = d_plus + d_minus
         # 0/0 (z on a prototype of each side) is a tie: μ = 0, with a zero instead of a NaN gradient
         safe_total = torch.where(total > 0, total, torch.ones_like(total))
+        if self.detach_denominator:
+            safe_total = safe_total.detach()
         return torch.where(total > 0, (d_plus - d_minus) / safe_total, torch.zeros_like(total))
 
     def loss(self, z: torch.Tensor, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
