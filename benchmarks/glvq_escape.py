@@ -43,6 +43,7 @@ VARIANTS = {
     "adamw-wd0.05": {"optimizer": "adamw", "weight_decay": 0.05},
     "lr1e-4": {"lr": 1e-4},
     "sigmoid-beta10": {"head_opt": {"activation": "sigmoid", "beta": 10.0}},
+    "detach-denominator": {"head_opt": {"detach_denominator": True}},  # recipes/khalid-cifar10-glvq-detached.toml
 }
 
 

@@ -375,7 +375,7 @@ def khalid_rows(outcomes: dict[str, Outcome]) -> list[Row]:
     rows = []
     for data, clean in (("mnist", "ca. 98 %"), ("cifar10", "ca. 70 %"), ("imagenette", "ca. 70 %")):
         for head in ("linear", "glvq"):
-            for suffix in ("", "-lipschitz", "-lipschitz-scaled"):
+            for suffix in ("", "-lipschitz", "-lipschitz-scaled", "-detached", "-lipschitz-detached"):
                 out = outcomes.get(f"khalid-{data}-{head}{suffix}")
                 if out is None:
                     continue
