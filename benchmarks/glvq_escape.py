@@ -75,7 +75,7 @@ def trace(overrides: dict, data_dir: str, dataset: str | None, steps: int, every
     init_head_from_data(model, train_data, cfg.init_samples)
     optimizer = create_optimizer(cfg, model)
     x_test = torch.stack([test_data[i][0] for i in range(len(test_data))])
-    y_test = torch.tensor([test_data[i][1] for i in range(len(test_data))])
+    y_test = test_data.labels
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
     model.eval()

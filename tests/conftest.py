@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,24 @@ from robustproto.registry import head_registry, regularizer_registry
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load(name)``: the script ``benchmarks/<name>.py`` imported as module ``name``, registered in
+    ``sys.modules`` for the session (dataclasses resolve annotations through it)."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    patch = pytest.MonkeyPatch()
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, benchmarks / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        patch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    patch.undo()
 
 
 @pytest.fixture

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture
-def glvq_escape(monkeypatch):
-    spec = importlib.util.spec_from_file_location("glvq_escape", ROOT / "benchmarks" / "glvq_escape.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "glvq_escape", module)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def glvq_escape(load_benchmark):
+    return load_benchmark("glvq_escape")
 
 
 def test_embeddings_leave_the_prototypes_while_most_points_are_misclassified(glvq_escape, write_cifar10, tmp_path):

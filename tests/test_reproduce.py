@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,8 @@ RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
 
 
 @pytest.fixture(scope="module")
-def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setitem(sys.modules, "reproduce", module)  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    monkeypatch.undo()
+def reproduce(load_benchmark):
+    return load_benchmark("reproduce")
 
 
 @pytest.fixture
